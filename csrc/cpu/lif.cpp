@@ -1,0 +1,631 @@
+// Multi-timestep LIF neuron, fused over time (CPU).
+//
+//   h[t] = decay * v[t-1] + input_scale * x[t] + (1 - decay) * v_reset
+//   s[t] = (h[t] >= v_threshold)
+//   v[t] = s ? v_reset : h          (hard reset)   or   h - s * v_threshold   (soft)
+//
+// Each thread owns a block of neurons and walks all timesteps over it, so the
+// membrane stays in L1 and every tensor is streamed once. h is computed as
+// ((v * decay) + (x * input_scale)) + bias, the reference's rounding order, so
+// spikes match the PyTorch reference bit for bit (no FMA contraction here).
+//
+// Saved state for backward ("saved", int32 words, bit i of word w = neuron 32w+i):
+//   rectangular surrogate + detached reset: plane 0 = "|h - v_th| < width/2",
+//     plane 1 = spikes (hard reset only) -> 1 or 2 bits per neuron-step;
+//   any other configuration: nothing here; the caller keeps x and the backward
+//     recomputes h from it (measured faster than writing h in the forward).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "cpu/simd.h"
+
+namespace snnops {
+namespace {
+
+enum SurrogateKind : int64_t {
+  kRectangular = 0,
+  kTriangle = 1,
+  kATan = 2,
+  kSigmoid = 3,
+  kSuperSpike = 4,
+  kDspike = 5,
+};
+
+// Neurons per block of the membrane buffer (4 KiB of float: stays in L1).
+constexpr int64_t kBlock = 1024;
+
+struct LifParams {
+  double decay, input_scale, bias, v_threshold, v_reset;
+  bool hard, detach;
+  int64_t surrogate;
+  double alpha;
+  double dspike_k;  // alpha / (2 tanh(alpha / 2))
+};
+
+template <typename T>
+inline T surrogate_grad(const LifParams& p, T u) {
+  const T a = (T)p.alpha;
+  const T au = std::abs(u);
+  switch (p.surrogate) {
+    case kRectangular:
+      return au < (T)(p.alpha / 2) ? T(1) / a : T(0);
+    case kTriangle: {
+      T r = T(1) - au / (T)p.v_threshold;
+      return r > T(0) ? a * r : T(0);
+    }
+    case kATan: {
+      T z = (T)(M_PI / 2) * a * u;
+      return (a / T(2)) / (T(1) + z * z);
+    }
+    case kSigmoid: {  // alpha * sig(a u) * (1 - sig(a u)) = alpha * e / (1 + e)^2, e = exp(-a|u|)
+      T e = std::exp(-a * au);
+      T d = T(1) + e;
+      return a * e / (d * d);
+    }
+    case kSuperSpike: {
+      T d = a * au + T(1);
+      return T(1) / (d * d);
+    }
+    case kDspike: {  // k * (1 - tanh(b u)^2) = k * 4e / (1 + e)^2, e = exp(-2b|u|)
+      if (!(au < T(0.5))) return T(0);
+      T e = std::exp(T(-2) * a * au);
+      T d = T(1) + e;
+      return (T)p.dspike_k * T(4) * e / (d * d);
+    }
+  }
+  return T(0);
+}
+
+inline uint8_t* plane_row(uint8_t* saved, int64_t plane, int64_t t, int64_t steps, int64_t words) {
+  return saved + ((plane * steps + t) * words) * 4;
+}
+inline bool get_bit(const uint8_t* row, int64_t n) { return (row[n >> 3] >> (n & 7)) & 1; }
+
+// ---------------------------------------------------------------- forward, portable
+template <typename T>
+inline void fwd_lanes(const LifParams& p, const T* xt, T* st, T* vt_out, T* v, int64_t i0,
+                      int64_t i1, uint8_t* win_row, uint8_t* spk_row, int64_t base) {
+  const T lam = (T)p.decay, c = (T)p.input_scale, b = (T)p.bias, vth = (T)p.v_threshold,
+          vr = (T)p.v_reset, half = (T)(p.alpha / 2);
+  for (int64_t i = i0; i < i1; ++i) {
+    T h = (v[i] * lam + xt[i] * c) + b;
+    bool s = h >= vth;
+    st[i] = s ? T(1) : T(0);
+    T vn = s ? (p.hard ? vr : h - vth) : h;
+    v[i] = vn;
+    if (vt_out) vt_out[i] = vn;
+    if (win_row) {
+      int64_t n = base + i;
+      uint8_t bit = (uint8_t)(1u << (n & 7));
+      if (std::abs(h - vth) < half) win_row[n >> 3] |= bit; else win_row[n >> 3] &= (uint8_t)~bit;
+      if (spk_row) {
+        if (s) spk_row[n >> 3] |= bit; else spk_row[n >> 3] &= (uint8_t)~bit;
+      }
+    }
+  }
+}
+
+template <typename T>
+void fwd_generic(const LifParams& p, const T* x, const T* v0, T* spk, T* v_last, T* membrane,
+                 uint8_t* saved, int64_t steps, int64_t N, int64_t n0, int64_t n1) {
+  const int64_t words = ceil_div(N, 32);
+  std::vector<T> v(kBlock);
+  for (int64_t a0 = n0; a0 < n1; a0 += kBlock) {
+    const int64_t len = std::min(kBlock, n1 - a0);
+    for (int64_t i = 0; i < len; ++i) v[i] = v0 ? v0[a0 + i] : T(0);
+    for (int64_t t = 0; t < steps; ++t) {
+      const int64_t off = t * N + a0;
+      uint8_t* win = saved ? plane_row(saved, 0, t, steps, words) : nullptr;
+      uint8_t* sp = (saved && p.hard) ? plane_row(saved, 1, t, steps, words) : nullptr;
+      fwd_lanes<T>(p, x + off, spk + off, membrane ? membrane + off : nullptr, v.data(), 0, len,
+                   win, sp, a0);
+    }
+    std::copy(v.begin(), v.begin() + len, v_last + a0);
+  }
+}
+
+// ---------------------------------------------------------------- backward, portable
+template <typename T>
+inline T gv_at(const T* g_vlast, const T* g_mem, int64_t t, int64_t steps, int64_t off, int64_t n) {
+  T gv = T(0);
+  if (g_vlast && t == steps - 1) gv += g_vlast[n];
+  if (g_mem) gv += g_mem[off];
+  return gv;
+}
+
+// Rectangular surrogate, detached reset: everything needed is in the bits.
+template <typename T>
+void bwd_bits_generic(const LifParams& p, const T* g_spk, const T* g_vlast, const T* g_mem,
+                      const uint8_t* saved, T* gx, T* gv0, int64_t steps, int64_t N, int64_t n0,
+                      int64_t n1) {
+  const int64_t words = ceil_div(N, 32);
+  const T lam = (T)p.decay, c = (T)p.input_scale, inv_a = T(1) / (T)p.alpha;
+  std::vector<T> g(kBlock);
+  for (int64_t a0 = n0; a0 < n1; a0 += kBlock) {
+    const int64_t len = std::min(kBlock, n1 - a0);
+    std::fill(g.begin(), g.begin() + len, T(0));
+    for (int64_t t = steps - 1; t >= 0; --t) {
+      const uint8_t* win = plane_row(const_cast<uint8_t*>(saved), 0, t, steps, words);
+      const uint8_t* sp = p.hard ? plane_row(const_cast<uint8_t*>(saved), 1, t, steps, words) : nullptr;
+      for (int64_t i = 0; i < len; ++i) {
+        const int64_t n = a0 + i, off = t * N + n;
+        T sg = get_bit(win, n) ? inv_a : T(0);
+        T dvdh = (sp && get_bit(sp, n)) ? T(0) : T(1);
+        T gs = g_spk ? g_spk[off] : T(0);
+        T gh = gs * sg + (gv_at(g_vlast, g_mem, t, steps, off, n) + g[i]) * dvdh;
+        gx[off] = gh * c;
+        g[i] = gh * lam;
+      }
+    }
+    if (gv0) std::copy(g.begin(), g.begin() + len, gv0 + a0);
+  }
+}
+
+// Neurons per recompute block: the h history of one block (steps x block) stays in L2.
+inline int64_t recompute_block(int64_t steps, int64_t elem) {
+  int64_t b = (int64_t(128) * 1024 / (steps * elem)) / 8 * 8;
+  return std::max<int64_t>(8, std::min(kBlock, b));
+}
+
+template <typename T>
+inline T dv_dh(const LifParams& p, T h, bool s, T sg) {
+  if (p.hard) return (s ? T(0) : T(1)) + (p.detach ? T(0) : ((T)p.v_reset - h) * sg);
+  return T(1) - (p.detach ? T(0) : (T)p.v_threshold * sg);
+}
+
+// Any other configuration: recompute h from x, then run time backwards.
+template <typename T>
+void bwd_recompute_generic(const LifParams& p, const T* x, const T* v0, const T* g_spk,
+                           const T* g_vlast, const T* g_mem, T* gx, T* gv0, int64_t steps,
+                           int64_t N, int64_t n0, int64_t n1) {
+  const int64_t blk = recompute_block(steps, sizeof(T));
+  const T lam = (T)p.decay, c = (T)p.input_scale, b = (T)p.bias, vth = (T)p.v_threshold,
+          vr = (T)p.v_reset;
+  std::vector<T> hist(steps * blk), v(blk), g(blk);
+  for (int64_t a0 = n0; a0 < n1; a0 += blk) {
+    const int64_t len = std::min(blk, n1 - a0);
+    for (int64_t i = 0; i < len; ++i) v[i] = v0 ? v0[a0 + i] : T(0);
+    for (int64_t t = 0; t < steps; ++t) {
+      const T* xt = x + t * N + a0;
+      T* ht = hist.data() + t * blk;
+      for (int64_t i = 0; i < len; ++i) {
+        T h = (v[i] * lam + xt[i] * c) + b;
+        ht[i] = h;
+        v[i] = h >= vth ? (p.hard ? vr : h - vth) : h;
+      }
+    }
+    std::fill(g.begin(), g.begin() + len, T(0));
+    for (int64_t t = steps - 1; t >= 0; --t) {
+      const T* ht = hist.data() + t * blk;
+      for (int64_t i = 0; i < len; ++i) {
+        const int64_t n = a0 + i, off = t * N + n;
+        T h = ht[i];
+        bool s = h >= vth;
+        T sg = surrogate_grad<T>(p, h - vth);
+        T gs = g_spk ? g_spk[off] : T(0);
+        T gh = gs * sg + (gv_at(g_vlast, g_mem, t, steps, off, n) + g[i]) * dv_dh<T>(p, h, s, sg);
+        gx[off] = gh * c;
+        g[i] = gh * lam;
+      }
+    }
+    if (gv0) std::copy(g.begin(), g.begin() + len, gv0 + a0);
+  }
+}
+
+#if SNN_HAVE_AVX2
+// ---------------------------------------------------------------- AVX2 (float32)
+struct VecConsts {
+  __m256 lam, c, b, vth, vr, half, one, zero, inv_a, a, gamma_over_vth, atan_k, atan_h, dk4;
+};
+
+SNN_AVX2 static inline VecConsts make_consts(const LifParams& p) {
+  VecConsts k;
+  k.lam = _mm256_set1_ps((float)p.decay);
+  k.c = _mm256_set1_ps((float)p.input_scale);
+  k.b = _mm256_set1_ps((float)p.bias);
+  k.vth = _mm256_set1_ps((float)p.v_threshold);
+  k.vr = _mm256_set1_ps((float)p.v_reset);
+  k.half = _mm256_set1_ps((float)(p.alpha / 2));
+  k.one = _mm256_set1_ps(1.0f);
+  k.zero = _mm256_setzero_ps();
+  k.a = _mm256_set1_ps((float)p.alpha);
+  k.inv_a = _mm256_set1_ps(1.0f / (float)p.alpha);
+  k.gamma_over_vth = _mm256_set1_ps((float)p.v_threshold);
+  k.atan_k = _mm256_set1_ps((float)(M_PI / 2) * (float)p.alpha);
+  k.atan_h = _mm256_set1_ps((float)p.alpha / 2.0f);
+  k.dk4 = _mm256_set1_ps((float)p.dspike_k * 4.0f);
+  return k;
+}
+
+SNN_AVX2 static inline __m256 surrogate_ps(const LifParams& p, const VecConsts& k, __m256 u) {
+  const __m256 au = abs_ps(u);
+  switch (p.surrogate) {
+    case kRectangular:
+      return _mm256_and_ps(_mm256_cmp_ps(au, k.half, _CMP_LT_OQ), k.inv_a);
+    case kTriangle: {
+      __m256 r = _mm256_sub_ps(k.one, _mm256_div_ps(au, k.vth));
+      return _mm256_mul_ps(k.a, _mm256_max_ps(r, k.zero));
+    }
+    case kATan: {
+      __m256 z = _mm256_mul_ps(k.atan_k, u);
+      return _mm256_div_ps(k.atan_h, _mm256_fmadd_ps(z, z, k.one));
+    }
+    case kSigmoid: {
+      __m256 e = exp_nonpos_ps(_mm256_mul_ps(_mm256_sub_ps(k.zero, k.a), au));
+      __m256 d = _mm256_add_ps(k.one, e);
+      return _mm256_div_ps(_mm256_mul_ps(k.a, e), _mm256_mul_ps(d, d));
+    }
+    case kSuperSpike: {
+      __m256 d = _mm256_fmadd_ps(k.a, au, k.one);
+      return _mm256_div_ps(k.one, _mm256_mul_ps(d, d));
+    }
+    case kDspike: {
+      __m256 e = exp_nonpos_ps(_mm256_mul_ps(_mm256_set1_ps(-2.0f), _mm256_mul_ps(k.a, au)));
+      __m256 d = _mm256_add_ps(k.one, e);
+      __m256 r = _mm256_div_ps(_mm256_mul_ps(k.dk4, e), _mm256_mul_ps(d, d));
+      return _mm256_and_ps(_mm256_cmp_ps(au, _mm256_set1_ps(0.5f), _CMP_LT_OQ), r);
+    }
+  }
+  return k.zero;
+}
+
+SNN_AVX2 void fwd_avx2(const LifParams& p, const float* x, const float* v0, float* spk,
+                       float* v_last, float* membrane, uint8_t* saved, int64_t steps, int64_t N,
+                       int64_t n0, int64_t n1) {
+  const int64_t words = ceil_div(N, 32);
+  const VecConsts k = make_consts(p);
+  alignas(32) float v[kBlock];
+  for (int64_t a0 = n0; a0 < n1; a0 += kBlock) {
+    const int64_t len = std::min(kBlock, n1 - a0);
+    const int64_t full = len / 8 * 8;
+    for (int64_t i = 0; i < len; ++i) v[i] = v0 ? v0[a0 + i] : 0.0f;
+    for (int64_t t = 0; t < steps; ++t) {
+      const int64_t off = t * N + a0;
+      const float* xt = x + off;
+      float* st = spk + off;
+      float* mt = membrane ? membrane + off : nullptr;
+      uint8_t* win = saved ? plane_row(saved, 0, t, steps, words) + (a0 >> 3) : nullptr;
+      uint8_t* sp = (saved && p.hard) ? plane_row(saved, 1, t, steps, words) + (a0 >> 3) : nullptr;
+      for (int64_t i = 0; i < full; i += 8) {
+        __m256 h = _mm256_add_ps(
+            _mm256_add_ps(_mm256_mul_ps(_mm256_load_ps(v + i), k.lam),
+                          _mm256_mul_ps(_mm256_loadu_ps(xt + i), k.c)),
+            k.b);
+        __m256 m = _mm256_cmp_ps(h, k.vth, _CMP_GE_OQ);
+        _mm256_storeu_ps(st + i, _mm256_and_ps(m, k.one));
+        __m256 vn = p.hard ? _mm256_blendv_ps(h, k.vr, m) : _mm256_sub_ps(h, _mm256_and_ps(m, k.vth));
+        _mm256_store_ps(v + i, vn);
+        if (mt) _mm256_storeu_ps(mt + i, vn);
+        if (win) {
+          __m256 w = _mm256_cmp_ps(abs_ps(_mm256_sub_ps(h, k.vth)), k.half, _CMP_LT_OQ);
+          win[i >> 3] = (uint8_t)_mm256_movemask_ps(w);
+          if (sp) sp[i >> 3] = (uint8_t)_mm256_movemask_ps(m);
+        }
+      }
+      if (full < len) {
+        fwd_lanes<float>(p, xt, st, mt, v, full, len,
+                         win ? plane_row(saved, 0, t, steps, words) : nullptr,
+                         sp ? plane_row(saved, 1, t, steps, words) : nullptr, a0);
+      }
+    }
+    std::copy(v, v + len, v_last + a0);
+  }
+}
+
+SNN_AVX2 static inline __m256 load_or_zero(const float* ptr, int64_t i) {
+  return ptr ? _mm256_loadu_ps(ptr + i) : _mm256_setzero_ps();
+}
+
+SNN_AVX2 void bwd_bits_avx2(const LifParams& p, const float* g_spk, const float* g_vlast,
+                            const float* g_mem, const uint8_t* saved, float* gx, float* gv0,
+                            int64_t steps, int64_t N, int64_t n0, int64_t n1) {
+  const int64_t words = ceil_div(N, 32);
+  const VecConsts k = make_consts(p);
+  alignas(32) float g[kBlock];
+  for (int64_t a0 = n0; a0 < n1; a0 += kBlock) {
+    const int64_t len = std::min(kBlock, n1 - a0);
+    const int64_t full = len / 8 * 8;
+    std::fill(g, g + len, 0.0f);
+    for (int64_t t = steps - 1; t >= 0; --t) {
+      const int64_t off = t * N + a0;
+      const uint8_t* win = plane_row(const_cast<uint8_t*>(saved), 0, t, steps, words);
+      const uint8_t* sp = p.hard ? plane_row(const_cast<uint8_t*>(saved), 1, t, steps, words) : nullptr;
+      const float* gvl = (g_vlast && t == steps - 1) ? g_vlast + a0 : nullptr;
+      const float* gm = g_mem ? g_mem + off : nullptr;
+      const float* gs = g_spk ? g_spk + off : nullptr;
+      for (int64_t i = 0; i < full; i += 8) {
+        const int64_t byte = (a0 + i) >> 3;
+        __m256 sg = _mm256_and_ps(bits_to_mask(win[byte]), k.inv_a);
+        __m256 dvdh = sp ? _mm256_andnot_ps(bits_to_mask(sp[byte]), k.one) : k.one;
+        __m256 gv = _mm256_add_ps(_mm256_add_ps(load_or_zero(gvl, i), load_or_zero(gm, i)),
+                                  _mm256_load_ps(g + i));
+        __m256 gh = _mm256_add_ps(_mm256_mul_ps(load_or_zero(gs, i), sg), _mm256_mul_ps(gv, dvdh));
+        _mm256_storeu_ps(gx + off + i, _mm256_mul_ps(gh, k.c));
+        _mm256_store_ps(g + i, _mm256_mul_ps(gh, k.lam));
+      }
+      const float c = (float)p.input_scale, lam = (float)p.decay, inv_a = 1.0f / (float)p.alpha;
+      for (int64_t i = full; i < len; ++i) {
+        const int64_t n = a0 + i, o = t * N + n;
+        float sg = get_bit(win, n) ? inv_a : 0.0f;
+        float dvdh = (sp && get_bit(sp, n)) ? 0.0f : 1.0f;
+        float gsv = g_spk ? g_spk[o] : 0.0f;
+        float gh = gsv * sg + (gv_at<float>(g_vlast, g_mem, t, steps, o, n) + g[i]) * dvdh;
+        gx[o] = gh * c;
+        g[i] = gh * lam;
+      }
+    }
+    if (gv0) std::copy(g, g + len, gv0 + a0);
+  }
+}
+
+SNN_AVX2 void bwd_recompute_avx2(const LifParams& p, const float* x, const float* v0,
+                                 const float* g_spk, const float* g_vlast, const float* g_mem,
+                                 float* gx, float* gv0, int64_t steps, int64_t N, int64_t n0,
+                                 int64_t n1) {
+  const int64_t blk = recompute_block(steps, sizeof(float));
+  const VecConsts k = make_consts(p);
+  std::vector<float> hist_buf(steps * blk + 8), v_buf(blk + 8), g_buf(blk + 8);
+  float* hist = hist_buf.data();
+  float* v = v_buf.data();
+  float* g = g_buf.data();
+  for (int64_t a0 = n0; a0 < n1; a0 += blk) {
+    const int64_t len = std::min(blk, n1 - a0);
+    const int64_t full = len / 8 * 8;
+    for (int64_t i = 0; i < len; ++i) v[i] = v0 ? v0[a0 + i] : 0.0f;
+    for (int64_t t = 0; t < steps; ++t) {
+      const float* xt = x + t * N + a0;
+      float* ht = hist + t * blk;
+      for (int64_t i = 0; i < full; i += 8) {
+        __m256 h = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(v + i), k.lam),
+                                               _mm256_mul_ps(_mm256_loadu_ps(xt + i), k.c)),
+                                 k.b);
+        _mm256_storeu_ps(ht + i, h);
+        __m256 m = _mm256_cmp_ps(h, k.vth, _CMP_GE_OQ);
+        __m256 vn = p.hard ? _mm256_blendv_ps(h, k.vr, m) : _mm256_sub_ps(h, _mm256_and_ps(m, k.vth));
+        _mm256_storeu_ps(v + i, vn);
+      }
+      const float lam = (float)p.decay, c = (float)p.input_scale, b = (float)p.bias,
+                  vth = (float)p.v_threshold, vr = (float)p.v_reset;
+      for (int64_t i = full; i < len; ++i) {
+        float h = (v[i] * lam + xt[i] * c) + b;
+        ht[i] = h;
+        v[i] = h >= vth ? (p.hard ? vr : h - vth) : h;
+      }
+    }
+    std::fill(g, g + len, 0.0f);
+    for (int64_t t = steps - 1; t >= 0; --t) {
+      const int64_t off = t * N + a0;
+      const float* ht = hist + t * blk;
+      const float* gvl = (g_vlast && t == steps - 1) ? g_vlast + a0 : nullptr;
+      const float* gm = g_mem ? g_mem + off : nullptr;
+      const float* gs = g_spk ? g_spk + off : nullptr;
+      for (int64_t i = 0; i < full; i += 8) {
+        __m256 h = _mm256_loadu_ps(ht + i);
+        __m256 u = _mm256_sub_ps(h, k.vth);
+        __m256 sg = surrogate_ps(p, k, u);
+        __m256 dvdh;
+        if (p.hard) {
+          __m256 m = _mm256_cmp_ps(h, k.vth, _CMP_GE_OQ);
+          dvdh = _mm256_andnot_ps(m, k.one);
+          if (!p.detach) dvdh = _mm256_add_ps(dvdh, _mm256_mul_ps(_mm256_sub_ps(k.vr, h), sg));
+        } else {
+          dvdh = p.detach ? k.one : _mm256_sub_ps(k.one, _mm256_mul_ps(k.vth, sg));
+        }
+        __m256 gv = _mm256_add_ps(_mm256_add_ps(load_or_zero(gvl, i), load_or_zero(gm, i)),
+                                  _mm256_loadu_ps(g + i));
+        __m256 gh = _mm256_add_ps(_mm256_mul_ps(load_or_zero(gs, i), sg), _mm256_mul_ps(gv, dvdh));
+        _mm256_storeu_ps(gx + off + i, _mm256_mul_ps(gh, k.c));
+        _mm256_storeu_ps(g + i, _mm256_mul_ps(gh, k.lam));
+      }
+      const float c = (float)p.input_scale, lam = (float)p.decay, vth = (float)p.v_threshold;
+      for (int64_t i = full; i < len; ++i) {
+        const int64_t n = a0 + i, o = t * N + n;
+        float h = ht[i];
+        bool s = h >= vth;
+        float sg = surrogate_grad<float>(p, h - vth);
+        float gsv = g_spk ? g_spk[o] : 0.0f;
+        float gh = gsv * sg + (gv_at<float>(g_vlast, g_mem, t, steps, o, n) + g[i]) * dv_dh<float>(p, h, s, sg);
+        gx[o] = gh * c;
+        g[i] = gh * lam;
+      }
+    }
+    if (gv0) std::copy(g, g + len, gv0 + a0);
+  }
+}
+#endif  // SNN_HAVE_AVX2
+
+// ---------------------------------------------------------------- ATen entry points
+LifParams make_params(double decay, double input_scale, double v_threshold,
+                      std::optional<double> v_reset, int64_t surrogate, double alpha,
+                      bool detach_reset) {
+  TORCH_CHECK(decay >= 0.0 && decay <= 1.0, "snnops.lif: decay must be in [0, 1], got ", decay);
+  TORCH_CHECK(surrogate >= kRectangular && surrogate <= kDspike,
+              "snnops.lif: unknown surrogate id ", surrogate);
+  TORCH_CHECK(alpha > 0.0, "snnops.lif: the surrogate parameter must be positive, got ", alpha);
+  TORCH_CHECK(surrogate != kTriangle || v_threshold > 0.0,
+              "snnops.lif: the triangle surrogate needs v_threshold > 0, got ", v_threshold);
+  LifParams p;
+  p.decay = decay;
+  p.input_scale = input_scale;
+  p.v_threshold = v_threshold;
+  p.hard = v_reset.has_value();
+  p.v_reset = v_reset.value_or(0.0);
+  p.bias = (1.0 - decay) * p.v_reset;
+  p.detach = detach_reset;
+  p.surrogate = surrogate;
+  p.alpha = alpha;
+  p.dspike_k = alpha / (2.0 * std::tanh(alpha / 2.0));
+  return p;
+}
+
+bool saves_bits(const LifParams& p) { return p.surrogate == kRectangular && p.detach; }
+int64_t bit_planes(const LifParams& p) { return p.hard ? 2 : 1; }
+
+at::ScalarType compute_type(at::ScalarType t) {
+  return (t == at::kDouble) ? at::kDouble : at::kFloat;
+}
+
+void check_input(const at::Tensor& x) {
+  TORCH_CHECK(x.dim() >= 1, "snnops.lif: x_seq needs a leading time dimension [T, ...], got a 0-d tensor");
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()),
+              "snnops.lif: x_seq must be a floating-point tensor, got ", x.scalar_type());
+}
+
+// Neurons per parallel task: whole 64-neuron groups (so no two threads write one
+// saved word), enough work per task to amortize the thread wake-up.
+int64_t group_grain(int64_t steps) { return std::max<int64_t>(1, 16384 / (64 * std::max<int64_t>(steps, 1))); }
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_fwd_cpu(
+    const at::Tensor& x_in, const std::optional<at::Tensor>& v0_in, double decay,
+    double input_scale, double v_threshold, std::optional<double> v_reset, int64_t surrogate,
+    double alpha, bool detach_reset, bool return_membrane, bool save_for_backward) {
+  check_input(x_in);
+  const LifParams p = make_params(decay, input_scale, v_threshold, v_reset, surrogate, alpha, detach_reset);
+  const auto out_type = x_in.scalar_type();
+  const auto ct = compute_type(out_type);
+  const int64_t steps = x_in.size(0);
+  const int64_t N = steps > 0 ? x_in.numel() / steps : c10::multiply_integers(x_in.sizes().slice(1));
+  at::Tensor x = x_in.to(ct).contiguous();
+  at::Tensor v0;
+  if (v0_in.has_value() && v0_in->defined()) {
+    TORCH_CHECK(v0_in->sizes() == x_in.sizes().slice(1), "snnops.lif: v must have the shape of one timestep ",
+                x_in.sizes().slice(1), ", got ", v0_in->sizes());
+    v0 = v0_in->to(ct).contiguous();
+  }
+  at::Tensor spikes = at::empty(x.sizes(), x.options());
+  at::Tensor v_last = at::empty(x_in.sizes().slice(1), x.options());
+  at::Tensor membrane = return_membrane ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
+  const bool bits = save_for_backward && saves_bits(p);
+  const int64_t words = ceil_div(N, 32);
+  at::Tensor saved = bits ? at::empty({bit_planes(p), steps, words}, x.options().dtype(at::kInt))
+                          : at::empty({0}, x.options().dtype(at::kInt));
+  if (steps == 0 || N == 0) {
+    if (v0.defined()) v_last.copy_(v0); else v_last.zero_();
+  } else if (ct == at::kFloat) {
+    const float* xp = x.data_ptr<float>();
+    const float* vp = v0.defined() ? v0.data_ptr<float>() : nullptr;
+    float* sp = spikes.data_ptr<float>();
+    float* vl = v_last.data_ptr<float>();
+    float* mp = return_membrane ? membrane.data_ptr<float>() : nullptr;
+    uint8_t* bp = bits ? reinterpret_cast<uint8_t*>(saved.data_ptr<int32_t>()) : nullptr;
+    const bool avx2 = use_avx2();
+    at::parallel_for(0, ceil_div(N, 64), group_grain(steps), [&](int64_t g0, int64_t g1) {
+      const int64_t n0 = g0 * 64, n1 = std::min(N, g1 * 64);
+#if SNN_HAVE_AVX2
+      if (avx2) return fwd_avx2(p, xp, vp, sp, vl, mp, bp, steps, N, n0, n1);
+#endif
+      (void)avx2;
+      fwd_generic<float>(p, xp, vp, sp, vl, mp, bp, steps, N, n0, n1);
+    });
+  } else {
+    const double* xp = x.data_ptr<double>();
+    const double* vp = v0.defined() ? v0.data_ptr<double>() : nullptr;
+    double* mp = return_membrane ? membrane.data_ptr<double>() : nullptr;
+    uint8_t* bp = bits ? reinterpret_cast<uint8_t*>(saved.data_ptr<int32_t>()) : nullptr;
+    double* sp = spikes.data_ptr<double>();
+    double* vl = v_last.data_ptr<double>();
+    at::parallel_for(0, ceil_div(N, 64), group_grain(steps), [&](int64_t g0, int64_t g1) {
+      fwd_generic<double>(p, xp, vp, sp, vl, mp, bp, steps, N, g0 * 64, std::min(N, g1 * 64));
+    });
+  }
+  if (out_type != ct) {
+    spikes = spikes.to(out_type);
+    v_last = v_last.to(out_type);
+    membrane = membrane.to(out_type);
+  }
+  return {spikes, v_last, membrane, saved};
+}
+
+at::Tensor grad_or_undefined(const std::optional<at::Tensor>& g, at::ScalarType ct) {
+  if (!g.has_value() || !g->defined() || g->numel() == 0) return at::Tensor();
+  return g->to(ct).contiguous();
+}
+
+std::tuple<at::Tensor, at::Tensor> lif_bwd_cpu(
+    const std::optional<at::Tensor>& grad_spikes_in, const std::optional<at::Tensor>& grad_v_last_in,
+    const std::optional<at::Tensor>& grad_membrane_in, const std::optional<at::Tensor>& x_in,
+    const std::optional<at::Tensor>& v0_in, const at::Tensor& saved, at::IntArrayRef shape,
+    at::ScalarType dtype, bool has_v0, double decay, double input_scale, double v_threshold,
+    std::optional<double> v_reset, int64_t surrogate, double alpha, bool detach_reset) {
+  const LifParams p = make_params(decay, input_scale, v_threshold, v_reset, surrogate, alpha, detach_reset);
+  TORCH_CHECK(shape.size() >= 1, "snnops.lif_bwd: shape needs a time dimension");
+  const auto ct = compute_type(dtype);
+  const int64_t steps = shape[0];
+  const int64_t N = c10::multiply_integers(shape.slice(1));
+  const bool bits = saves_bits(p);
+  at::Tensor gs = grad_or_undefined(grad_spikes_in, ct);
+  at::Tensor gvl = grad_or_undefined(grad_v_last_in, ct);
+  at::Tensor gm = grad_or_undefined(grad_membrane_in, ct);
+  auto opts = at::TensorOptions().dtype(ct).device(at::kCPU);
+  at::Tensor gx = at::empty(shape, opts);
+  at::Tensor gv0 = has_v0 ? at::empty(shape.slice(1), opts) : at::empty({0}, opts);
+  at::Tensor x, v0;
+  if (bits) {
+    TORCH_CHECK(saved.scalar_type() == at::kInt && saved.dim() == 3 && saved.size(0) == bit_planes(p) &&
+                    saved.size(1) == steps && saved.size(2) == ceil_div(N, 32),
+                "snnops.lif_bwd: saved bits have the wrong layout ", saved.sizes());
+  } else {
+    TORCH_CHECK(x_in.has_value() && x_in->defined(), "snnops.lif_bwd: this configuration needs x");
+    x = x_in->to(ct).contiguous();
+    if (v0_in.has_value() && v0_in->defined()) v0 = v0_in->to(ct).contiguous();
+  }
+  if (steps == 0 || N == 0) {
+    gv0.zero_();
+    if (gvl.defined() && has_v0 && steps == 0) gv0.copy_(gvl);
+  } else if (ct == at::kFloat) {
+    const float* gsp = gs.defined() ? gs.data_ptr<float>() : nullptr;
+    const float* gvp = gvl.defined() ? gvl.data_ptr<float>() : nullptr;
+    const float* gmp = gm.defined() ? gm.data_ptr<float>() : nullptr;
+    const float* xp = x.defined() ? x.data_ptr<float>() : nullptr;
+    const float* vp = v0.defined() ? v0.data_ptr<float>() : nullptr;
+    const uint8_t* bp = bits ? reinterpret_cast<const uint8_t*>(saved.data_ptr<int32_t>()) : nullptr;
+    float* gxp = gx.data_ptr<float>();
+    float* g0p = has_v0 ? gv0.data_ptr<float>() : nullptr;
+    const bool avx2 = use_avx2();
+    at::parallel_for(0, ceil_div(N, 64), group_grain(steps), [&](int64_t g0, int64_t g1) {
+      const int64_t n0 = g0 * 64, n1 = std::min(N, g1 * 64);
+#if SNN_HAVE_AVX2
+      if (avx2) {
+        if (bits) return bwd_bits_avx2(p, gsp, gvp, gmp, bp, gxp, g0p, steps, N, n0, n1);
+        return bwd_recompute_avx2(p, xp, vp, gsp, gvp, gmp, gxp, g0p, steps, N, n0, n1);
+      }
+#endif
+      (void)avx2;
+      if (bits) return bwd_bits_generic<float>(p, gsp, gvp, gmp, bp, gxp, g0p, steps, N, n0, n1);
+      bwd_recompute_generic<float>(p, xp, vp, gsp, gvp, gmp, gxp, g0p, steps, N, n0, n1);
+    });
+  } else {
+    const double* gsp = gs.defined() ? gs.data_ptr<double>() : nullptr;
+    const double* gvp = gvl.defined() ? gvl.data_ptr<double>() : nullptr;
+    const double* gmp = gm.defined() ? gm.data_ptr<double>() : nullptr;
+    const double* xp = x.defined() ? x.data_ptr<double>() : nullptr;
+    const double* vp = v0.defined() ? v0.data_ptr<double>() : nullptr;
+    const uint8_t* bp = bits ? reinterpret_cast<const uint8_t*>(saved.data_ptr<int32_t>()) : nullptr;
+    double* gxp = gx.data_ptr<double>();
+    double* g0p = has_v0 ? gv0.data_ptr<double>() : nullptr;
+    at::parallel_for(0, ceil_div(N, 64), group_grain(steps), [&](int64_t g0, int64_t g1) {
+      const int64_t n0 = g0 * 64, n1 = std::min(N, g1 * 64);
+      if (bits) return bwd_bits_generic<double>(p, gsp, gvp, gmp, bp, gxp, g0p, steps, N, n0, n1);
+      bwd_recompute_generic<double>(p, xp, vp, gsp, gvp, gmp, gxp, g0p, steps, N, n0, n1);
+    });
+  }
+  if (dtype != ct) {
+    gx = gx.to(dtype);
+    gv0 = gv0.to(dtype);
+  }
+  return {gx, gv0};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(snnops, CPU, m) {
+  m.impl("lif_fwd", &lif_fwd_cpu);
+  m.impl("lif_bwd", &lif_bwd_cpu);
+}
+
+}  // namespace snnops

@@ -1,0 +1,70 @@
+// Shared CPU helpers: run-time ISA choice and AVX2 building blocks.
+//
+// Kernels are compiled twice inside one translation unit: a portable scalar
+// version and an AVX2+FMA version whose functions carry SNN_AVX2 (a target
+// attribute), so the extension loads on any x86-64 (or non-x86) CPU and the
+// fast path is picked at run time by use_avx2().
+#pragma once
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define SNN_HAVE_AVX2 1
+#include <immintrin.h>
+#define SNN_AVX2 __attribute__((target("avx2,fma")))
+#else
+#define SNN_HAVE_AVX2 0
+#define SNN_AVX2
+#endif
+
+namespace snnops {
+
+// True when the AVX2+FMA kernels may run. SNNOPS_CPU_ISA=generic forces the
+// portable kernels (the tests run both paths against the reference).
+bool use_avx2();
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+#if SNN_HAVE_AVX2
+
+// exp(x) for x <= 0 (inputs below -87 flush towards 0), Cephes-style polynomial,
+// about 2 ulp: the surrogates only need exp of a non-positive argument.
+SNN_AVX2 static inline __m256 exp_nonpos_ps(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+  const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
+  __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  __m256 y = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+SNN_AVX2 static inline __m256 abs_ps(__m256 x) {
+  return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
+}
+
+// Lane i of the result is all-ones when bit i of `byte` is set.
+SNN_AVX2 static inline __m256 bits_to_mask(uint32_t byte) {
+  const __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  __m256i v = _mm256_and_si256(_mm256_set1_epi32((int)byte), sel);
+  return _mm256_castsi256_ps(_mm256_cmpeq_epi32(v, sel));
+}
+
+// Mask of the first n (< 8) lanes, for partial loads and stores.
+SNN_AVX2 static inline __m256i tail_mask(int64_t n) {
+  const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), idx);
+}
+
+#endif  // SNN_HAVE_AVX2
+
+}  // namespace snnops

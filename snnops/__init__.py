@@ -1,0 +1,19 @@
+"""snnops: fused kernels for training spiking neural networks fast and in little memory.
+
+Ops are registered as ``torch.ops.snnops.*`` (C++ on CPU, Triton on CUDA, fake
+kernels for torch.compile, autograd); the functions here are their public forms.
+"""
+from . import _native
+from . import surrogate
+from .ops import backends, lif
+from . import nn
+
+__version__ = "0.1.0"
+
+
+def cpu_isa() -> str:
+    """The CPU code path: 'avx2', 'generic', or 'reference' (no native extension)."""
+    return _native.cpu_isa()
+
+
+__all__ = ["lif", "backends", "cpu_isa", "nn", "surrogate", "__version__"]

@@ -1,0 +1,36 @@
+"""Loading the native extension, and which implementation each op runs.
+
+A missing or stale ``snnops._C`` never breaks ``import snnops``: every op then runs
+its PyTorch reference, with one warning naming the reason.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+
+import torch
+
+_C = None
+_REASON = None
+
+if os.environ.get("SNNOPS_DISABLE_NATIVE", "0") not in ("", "0"):
+    _REASON = "disabled by SNNOPS_DISABLE_NATIVE"
+else:
+    try:
+        from . import _C  # noqa: F811  (registers the CPU kernels with the dispatcher)
+    except ImportError as exc:  # not built (SNNOPS_SKIP_NATIVE=1) or built for another torch
+        _REASON = (f"{exc} (snnops._C must be built against the installed torch {torch.__version__}; "
+                   "reinstall with: pip install --no-build-isolation --use-pep517 -e .)")
+
+if _C is None:
+    warnings.warn(f"snnops: native CPU kernels unavailable, ops run the PyTorch reference: {_REASON}",
+                  RuntimeWarning, stacklevel=2)
+
+HAS_NATIVE = _C is not None
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
+def cpu_isa() -> str:
+    """'avx2', 'generic' (portable C++), or 'reference' (no native extension)."""
+    return _C.cpu_isa() if _C is not None else "reference"
