@@ -1,16 +1,12 @@
-"""Plain-PyTorch references: the truth every kernel is tested against.
-
-Each op has exactly one reference here. The tests, the benchmarks and the
-no-extension fallback all use these functions. They are written for clarity
-(a Python loop over time, autograd for gradients), not for speed.
-"""
+"""Reference of the multi-step LIF neuron (and of the lif_fwd / lif_bwd ops)."""
 from __future__ import annotations
 
 import torch
 
-from . import surrogate as _surrogate
+from .. import surrogate as _surrogate
+from .bits import pack_bits_flat, unpack_bits_flat
 
-__all__ = ["spike", "lif", "lif_fwd", "lif_bwd", "pack_bits_flat", "unpack_bits_flat"]
+__all__ = ["spike", "lif", "lif_fwd", "lif_bwd"]
 
 
 class _Spike(torch.autograd.Function):
@@ -76,34 +72,6 @@ def lif(x_seq, v=None, *, decay, input_scale, v_threshold, v_reset, surrogate, d
     if return_membrane:
         out = out + (membrane_seq.to(out_dtype),)
     return out
-
-
-# ---------------------------------------------------------------------------
-# Bit packing of a flat [..., N] boolean tensor into int32 words along the last
-# dimension: bit i of word w holds element 32*w + i; the last word's unused high
-# bits are 0. (On a little-endian machine this is also "byte j, bit i = 8*j + i".)
-
-
-def _shifts(device):
-    return torch.arange(32, device=device, dtype=torch.int64)
-
-
-def pack_bits_flat(mask: torch.Tensor) -> torch.Tensor:
-    """Pack a boolean [..., N] tensor into int32 [..., ceil(N/32)]."""
-    n = mask.shape[-1]
-    words = (n + 31) // 32
-    pad = words * 32 - n
-    m = torch.nn.functional.pad(mask.to(torch.int64), (0, pad))
-    m = m.reshape(*mask.shape[:-1], words, 32)
-    packed = (m << _shifts(mask.device)).sum(-1)
-    packed = torch.where(packed >= 2**31, packed - 2**32, packed)
-    return packed.to(torch.int32)
-
-
-def unpack_bits_flat(words: torch.Tensor, n: int) -> torch.Tensor:
-    """Inverse of :func:`pack_bits_flat`: a boolean [..., n] tensor."""
-    bits = (words.to(torch.int64).unsqueeze(-1) >> _shifts(words.device)) & 1
-    return bits.reshape(*words.shape[:-1], -1)[..., :n].bool()
 
 
 # ---------------------------------------------------------------------------

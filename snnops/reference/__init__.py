@@ -1,0 +1,10 @@
+"""Plain-PyTorch references: the truth every kernel is tested against.
+
+Each op has exactly one reference, in the submodule named after it. The tests, the
+benchmarks and the no-extension fallback all use these functions. They are written
+for clarity (Python loops over time, autograd for gradients), not for speed.
+"""
+from .bits import pack_bits_flat, unpack_bits_flat
+from .lif import lif, lif_bwd, lif_fwd, spike
+
+__all__ = ["spike", "lif", "lif_fwd", "lif_bwd", "pack_bits_flat", "unpack_bits_flat"]
