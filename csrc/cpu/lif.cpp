@@ -504,6 +504,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_fwd_cpu(
   const int64_t words = ceil_div(N, 32);
   at::Tensor saved = bits ? at::empty({bit_planes(p), steps, words}, x.options().dtype(at::kInt))
                           : at::empty({0}, x.options().dtype(at::kInt));
+  // The kernels write only the bits of real neurons: clear the padding of the last word.
+  if (bits && N % 32 != 0) saved.select(2, words - 1).zero_();
   if (steps == 0 || N == 0) {
     if (v0.defined()) v_last.copy_(v0); else v_last.zero_();
   } else if (ct == at::kFloat) {
