@@ -7,6 +7,8 @@ from . import _native
 from . import surrogate
 from .ops import backends, lif
 from . import nn
+from . import tt
+from .ops.tt_conv import ptt_conv, tt_conv
 
 __version__ = "0.1.0"
 
