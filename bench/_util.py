@@ -1,0 +1,85 @@
+"""Shared benchmark helpers: interleaved timing, copy bandwidth, tables, JSON.
+
+Rules (../shared/docs/PERFORMANCE.md): every claim is a ratio measured in one run;
+implementations run alternately, round after round (the order rotated each round),
+and we report the median of the per-round ratios.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def timeit(fn, min_time=0.02):
+    """Seconds per call of ``fn``: repeated until ``min_time`` has passed (short ops)."""
+    n, start = 0, time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_time:
+            return elapsed / n
+
+
+def interleave(fns: dict, rounds=15, warmup=2, min_time=0.02):
+    """Time every callable in ``fns`` alternately. Returns {name: [seconds per round]}."""
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            times[name].append(timeit(fns[name], min_time))
+    return times
+
+
+def median_ratio(times, slow, fast):
+    """Median over rounds of time[slow] / time[fast] (> 1: ``fast`` is faster)."""
+    return statistics.median(a / b for a, b in zip(times[slow], times[fast]))
+
+
+def copy_bandwidth(nbytes, rounds=15):
+    """Achieved bytes/s of ``y.copy_(x)`` on ``nbytes`` of data (read + write counted)."""
+    x = torch.empty(nbytes // 4, dtype=torch.float32).uniform_()
+    y = torch.empty_like(x)
+    t = statistics.median(timeit(lambda: y.copy_(x)) for _ in range(rounds))
+    return 2 * x.numel() * 4 / t
+
+
+def machine():
+    return {
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "processor": platform.processor() or platform.machine(),
+    }
+
+
+def print_table(rows, columns, title=None):
+    """rows: list of dicts; columns: list of (key, header, format)."""
+    cells = [[fmt.format(row[key]) if row.get(key) is not None else "-" for key, _, fmt in columns]
+             for row in rows]
+    headers = [h for _, h, _ in columns]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    if title:
+        print(title)
+    print("  ".join(h.rjust(w) for h, w in zip(headers, widths)))
+    for c in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(c, widths)))
+
+
+def save_json(name, payload):
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    path = os.path.join(RESULTS_DIR, f"{name}.json")
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2)
+    return path
