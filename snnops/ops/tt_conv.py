@@ -1,5 +1,22 @@
-"""Tensor-train convolutions: ``torch.ops.snnops.ptt_conv`` / ``tt_block`` and the public
-functional forms :func:`ptt_conv` and :func:`tt_conv`."""
+"""Tensor-train convolutions: ``torch.ops.snnops.ptt_conv`` / ``tt_block`` (and their
+``*_bwd``), and the public functional forms :func:`ptt_conv` and :func:`tt_conv`.
+
+Ops:
+  ptt_conv(o, w2, w3) -> y
+      ``(conv3x1(o, w2) + conv1x3(o, w3)) / 2``, fused: o read once, 5 taps in one pass.
+  ptt_conv_bwd(grad, o, w2, w3, output_mask) -> (grad_o, grad_w2, grad_w3)
+  tt_block(o, w2, w3, w4, parallel, schedule, pool) -> (y, pool_index)
+      everything after G1: ``G4(ptt(o))`` (parallel) or ``G4(G3(G2(o)))``, images of
+      HTT half steps ``G4(o)`` (schedule: one bool per timestep, True = full; empty = all
+      full), then optionally a 2x2 max-pool whose argmax codes (``2*dh + dw``, uint8)
+      are the second output, kept for backward.
+  tt_block_bwd(grad_y, o, w2, w3, w4, pool_index, parallel, schedule, pool, output_mask)
+      -> (grad_o, grad_w2, grad_w3, grad_w4); the intermediates are recomputed from o.
+
+Float outputs are channels-last in memory (the kernels write a row of channels per
+pixel); gradients not asked for in ``output_mask`` come back as empty tensors. The
+only activation kept for backward is the block's input ``o`` (r channels).
+"""
 from __future__ import annotations
 
 from typing import Sequence
@@ -7,15 +24,215 @@ from typing import Sequence
 import torch
 
 from .. import reference
+from ._registry import define
 
-__all__ = ["ptt_conv", "tt_conv"]
+__all__ = ["ptt_conv", "tt_conv", "tt_block", "first_core"]
+
+_CL = torch.channels_last
+
+
+def _cl(t):
+    return t.contiguous(memory_format=_CL) if t.dim() == 4 and t.numel() else t
+
+
+# The references, in the ops' output conventions (used when the native extension is absent).
+def _ref_ptt_conv(o, w2, w3):
+    return _cl(reference.ptt_conv(o, w2, w3))
+
+
+def _ref_ptt_conv_bwd(grad, o, w2, w3, output_mask):
+    go, g2, g3 = reference.ptt_conv_bwd(grad, o, w2, w3, output_mask)
+    return _cl(go), g2, g3
+
+
+def _ref_tt_block(o, w2, w3, w4, parallel, schedule, pool):
+    y, idx = reference.tt_block(o, w2, w3, w4, parallel, schedule, pool)
+    return _cl(y), _cl(idx)
+
+
+def _ref_tt_block_bwd(grad_y, o, w2, w3, w4, pool_index, parallel, schedule, pool, output_mask):
+    go, g2, g3, g4 = reference.tt_block_bwd(grad_y, o, w2, w3, w4, pool_index, parallel, schedule, pool,
+                                            output_mask)
+    return _cl(go), g2, g3, g4
+
+
+def _triton(name):
+    def launch(*args):
+        from ..kernels import tt_conv as k
+        return getattr(k, name)(*args)
+    launch.__name__ = f"triton_{name}"
+    return launch
+
+
+define("ptt_conv(Tensor o, Tensor w2, Tensor w3) -> Tensor",
+       cpu_reference=_ref_ptt_conv, cuda_kernel=_triton("ptt_conv"))
+define("ptt_conv_bwd(Tensor grad, Tensor o, Tensor w2, Tensor w3, bool[3] output_mask) -> (Tensor, Tensor, Tensor)",
+       cpu_reference=_ref_ptt_conv_bwd, cuda_kernel=_triton("ptt_conv_bwd"))
+define("tt_block(Tensor o, Tensor w2, Tensor w3, Tensor w4, bool parallel, bool[] schedule, bool pool)"
+       " -> (Tensor y, Tensor pool_index)",
+       cpu_reference=_ref_tt_block, cuda_kernel=_triton("tt_block"))
+define("tt_block_bwd(Tensor grad_y, Tensor o, Tensor w2, Tensor w3, Tensor w4, Tensor pool_index, bool parallel,"
+       " bool[] schedule, bool pool, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)",
+       cpu_reference=_ref_tt_block_bwd, cuda_kernel=_triton("tt_block_bwd"))
+
+
+# ---------------------------------------------------------------------------- fakes
+
+def _empty_cl(shape, like, dtype=None):
+    return torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=_CL)
+
+
+def _grad_or_empty(need, t, channels_last=False):
+    if not need:
+        return t.new_empty(0)
+    return _empty_cl(t.shape, t) if channels_last else torch.empty_like(t, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("snnops::ptt_conv")
+def _ptt_conv_fake(o, w2, w3):
+    return _empty_cl(o.shape, o)
+
+
+@torch.library.register_fake("snnops::ptt_conv_bwd")
+def _ptt_conv_bwd_fake(grad, o, w2, w3, output_mask):
+    return (_grad_or_empty(output_mask[0], o, True), _grad_or_empty(output_mask[1], w2),
+            _grad_or_empty(output_mask[2], w3))
+
+
+def _block_out_shape(o, w4, pool):
+    n, _, h, w = o.shape
+    return (n, w4.shape[0], h // 2, w // 2) if pool else (n, w4.shape[0], h, w)
+
+
+@torch.library.register_fake("snnops::tt_block")
+def _tt_block_fake(o, w2, w3, w4, parallel, schedule, pool):
+    shape = _block_out_shape(o, w4, pool)
+    idx = _empty_cl(shape, o, torch.uint8) if pool else o.new_empty(0, dtype=torch.uint8)
+    return _empty_cl(shape, o), idx
+
+
+@torch.library.register_fake("snnops::tt_block_bwd")
+def _tt_block_bwd_fake(grad_y, o, w2, w3, w4, pool_index, parallel, schedule, pool, output_mask):
+    return (_grad_or_empty(output_mask[0], o, True), _grad_or_empty(output_mask[1], w2),
+            _grad_or_empty(output_mask[2], w3), _grad_or_empty(output_mask[3], w4))
+
+
+# ---------------------------------------------------------------------------- autograd
+
+def _ptt_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _ptt_backward(ctx, grad):
+    o, w2, w3 = ctx.saved_tensors
+    mask = list(ctx.needs_input_grad[:3])
+    go, g2, g3 = torch.ops.snnops.ptt_conv_bwd(grad, o, w2, w3, mask)
+    return tuple(g if m else None for g, m in zip((go, g2, g3), mask))
+
+
+torch.library.register_autograd("snnops::ptt_conv", _ptt_backward, setup_context=_ptt_setup)
+
+
+def _block_setup(ctx, inputs, output):
+    o, w2, w3, w4, parallel, schedule, pool = inputs
+    ctx.save_for_backward(o, w2, w3, w4, output[1])
+    ctx.params = (parallel, list(schedule), pool)
+
+
+def _block_backward(ctx, grad_y, grad_index):
+    o, w2, w3, w4, pool_index = ctx.saved_tensors
+    mask = list(ctx.needs_input_grad[:4])
+    parallel, schedule, pool = ctx.params
+    if grad_y is None:
+        grad_y = torch.zeros(_block_out_shape(o, w4, pool), dtype=o.dtype, device=o.device)
+    grads = torch.ops.snnops.tt_block_bwd(grad_y, o, w2, w3, w4, pool_index, parallel, schedule, pool, mask)
+    return tuple(g if m else None for g, m in zip(grads, mask)) + (None, None, None)
+
+
+torch.library.register_autograd("snnops::tt_block", _block_backward, setup_context=_block_setup)
+
+
+# ---------------------------------------------------------------------------- public API
+
+def _check_tensor(t, name, op, dim):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
+    if t.dim() != dim:
+        raise ValueError(f"{op}: {name} must be {dim}-D, got shape {tuple(t.shape)}")
+    if t.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{op}: {name} must be float32 or float64, got {t.dtype}")
+
+
+def _check_ptt_weights(o, w2, w3, op):
+    r = o.shape[1]
+    if tuple(w2.shape) != (r, r, 3, 1):
+        raise ValueError(f"{op}: w2 must be [r, r, 3, 1] = {(r, r, 3, 1)} for o with r = {r} channels, "
+                         f"got {tuple(w2.shape)}")
+    if tuple(w3.shape) != (r, r, 1, 3):
+        raise ValueError(f"{op}: w3 must be [r, r, 1, 3] = {(r, r, 1, 3)} for o with r = {r} channels, "
+                         f"got {tuple(w3.shape)}")
+
+
+def _check_same(o, ws, op):
+    for name, w in ws:
+        if w.dtype != o.dtype:
+            raise TypeError(f"{op}: {name} has dtype {w.dtype} but o has {o.dtype}")
+        if w.device != o.device:
+            raise ValueError(f"{op}: {name} is on {w.device} but o is on {o.device}")
 
 
 def ptt_conv(o: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor) -> torch.Tensor:
-    """``(conv3x1(o, w2) + conv1x3(o, w3)) / 2`` with same-size padding."""
-    return reference.ptt_conv(o, w2, w3)
+    """``(conv3x1(o, w2) + conv1x3(o, w3)) / 2``, same-size padding, stride 1, fused.
+
+    Args:
+        o: ``[N, r, H, W]`` (any strides; channels-last is read without a copy).
+        w2: ``[r, r, 3, 1]``; w3: ``[r, r, 1, 3]``.
+
+    Returns ``[N, r, H, W]``, channels-last in memory. Differentiable in all three.
+    """
+    op = "snnops.ptt_conv"
+    for name, t, d in (("o", o, 4), ("w2", w2, 4), ("w3", w3, 4)):
+        _check_tensor(t, name, op, d)
+    _check_ptt_weights(o, w2, w3, op)
+    _check_same(o, (("w2", w2), ("w3", w3)), op)
+    return torch.ops.snnops.ptt_conv(o, w2, w3)
+
+
+def tt_block(o, w2, w3, w4, *, parallel: bool = True, schedule: Sequence[bool] = (), pool: bool = False):
+    """Everything after G1 (see the module docstring); returns ``y`` (channels-last)."""
+    op = "snnops.tt_block"
+    for name, t in (("o", o), ("w2", w2), ("w3", w3), ("w4", w4)):
+        _check_tensor(t, name, op, 4)
+    _check_same(o, (("w2", w2), ("w3", w3), ("w4", w4)), op)
+    r1 = o.shape[1]
+    if parallel:
+        _check_ptt_weights(o, w2, w3, op)
+    else:
+        if w2.shape[1:] != (r1, 3, 1):
+            raise ValueError(f"{op}: w2 must be [r2, {r1}, 3, 1], got {tuple(w2.shape)}")
+        if w3.shape[1:] != (w2.shape[0], 1, 3):
+            raise ValueError(f"{op}: w3 must be [r3, {w2.shape[0]}, 1, 3], got {tuple(w3.shape)}")
+        if not all(schedule):
+            raise ValueError(f"{op}: half steps need the parallel form (HTT is PTT with half steps)")
+    if w4.shape[1:] != (w3.shape[0], 1, 1):
+        raise ValueError(f"{op}: w4 must be [Cout, {w3.shape[0]}, 1, 1], got {tuple(w4.shape)}")
+    schedule = [bool(s) for s in schedule]
+    if schedule and o.shape[0] % len(schedule):
+        raise ValueError(f"{op}: {o.shape[0]} images are not a whole number of the schedule's "
+                         f"{len(schedule)} timesteps")
+    return torch.ops.snnops.tt_block(o, w2, w3, w4, bool(parallel), schedule, bool(pool))[0]
+
+
+def first_core(x: torch.Tensor, g1: torch.Tensor) -> torch.Tensor:
+    """G1, the 1x1 convolution ``Cin -> r1``, as one channels-last GEMM; returns
+    ``[N, r1, H, W]`` channels-last in memory (what ``tt_block`` reads without a copy)."""
+    n, c, h, w = x.shape
+    rows = x.permute(0, 2, 3, 1).reshape(n * h * w, c)
+    o = rows @ g1.view(g1.shape[0], c).t()
+    return o.view(n, h, w, -1).permute(0, 3, 1, 2)
 
 
 def tt_conv(x, g1, g2, g3, g4, *, parallel: bool = True, schedule: Sequence[bool] = (), pool: bool = False):
-    """The TT layer on images ``x [T*B, Cin, H, W]``; see :class:`snnops.nn.TTConv2d`."""
-    return reference.tt_conv(x, g1, g2, g3, g4, parallel=parallel, schedule=schedule, pool=pool)
+    """The TT layer on images ``x [T*B, Cin, H, W]``; see :class:`snnops.nn.TTConv2d`.
+    The output is channels-last in memory."""
+    return tt_block(first_core(x, g1), g2, g3, g4, parallel=parallel, schedule=schedule, pool=pool)

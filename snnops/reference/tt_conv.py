@@ -29,17 +29,22 @@ def ptt_conv(o: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor) -> torch.Tenso
 
 
 def _grads(outputs, inputs, grad, mask):
+    """Gradients for the inputs whose mask is True; an empty tensor for the others
+    (the convention of every ``*_bwd`` op here: nothing is computed that is not asked)."""
     need = [t for t, m in zip(inputs, mask) if m]
     got = iter(torch.autograd.grad(outputs, need, grad, allow_unused=True) if need else ())
     res = []
     for t, m in zip(inputs, mask):
-        g = next(got) if m else None
+        if not m:
+            res.append(t.new_empty(0))
+            continue
+        g = next(got)
         res.append(torch.zeros_like(t) if g is None else g)
     return res
 
 
 def ptt_conv_bwd(grad, o, w2, w3, output_mask: Sequence[bool]):
-    """Gradients of :func:`ptt_conv` for ``(o, w2, w3)``; zeros where the mask is False."""
+    """Gradients of :func:`ptt_conv` for ``(o, w2, w3)``; empty where the mask is False."""
     with torch.enable_grad():
         leaves = [t.detach().requires_grad_() for t in (o, w2, w3)]
         y = ptt_conv(*leaves)

@@ -1,0 +1,718 @@
+// Fused tensor-train convolutions (CPU): ptt_conv and the TT block after G1.
+//
+//   ptt_conv:  y = (conv3x1(o, W2) + conv1x3(o, W3)) / 2                 (r -> r)
+//   tt_block:  y = G4(ptt(o))  or  G4(G3(G2(o)))  [, 2x2 max-pool]       (o = G1(x))
+//              with an HTT schedule, images of half steps are y = G4(o)
+//
+// Every step is a GEMM over channels-last rows (csrc/cpu/tt_gemm.h). One work unit is
+// a band of image rows of one image: its input rows (plus one halo row each side) are
+// copied once into a zero-padded channels-last buffer of (rows + 2) x (W + 2) pixels,
+// so the 3x1 / 1x3 taps are pixel offsets inside that buffer, and the rank-r
+// intermediates (the PTT output, the STT middle maps) never leave the thread's cache:
+// the only tensors written are the block's output (and the pool's argmax codes).
+//
+// The cross of a 3x1 and a 1x3 kernel has 5 distinct taps, not 6: both centre taps
+// read the same pixel, so the centre weight is (W2[:, :, 1] + W3[:, :, 1]) / 2 and the
+// fused pass does 5/6 of the two convolutions' multiply-adds.
+//
+// Backward recomputes the PTT / STT intermediates from the saved input o (5r^2 MACs a
+// pixel, cheaper than writing and re-reading them), runs G4^T, the transposed taps and
+// all weight gradients on the same band while it is in cache, and reduces the weight
+// gradients of the threads in a fixed order (deterministic for a given thread count).
+//
+// Outputs are channels-last in memory (the GEMMs write one row of channels per pixel).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "cpu/simd.h"
+#include "cpu/tt_gemm.h"
+
+namespace snnops {
+namespace {
+
+using tt::gemm_rows;
+
+// A strided [N, C, H, W] tensor.
+template <typename T>
+struct View4 {
+  T* p;
+  int64_t sn, sc, sh, sw;
+  T* at(int64_t n, int64_t c, int64_t h, int64_t w) const { return p + n * sn + c * sc + h * sh + w * sw; }
+};
+
+template <typename T>
+View4<const T> cview4(const at::Tensor& t) {
+  return {t.data_ptr<T>(), t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
+}
+
+// Image rows [h0, h1) held in a padded buffer of (h1 - h0 + 2) x (W + 2) pixels:
+// buffer pixel (h - h0 + 1) * (W + 2) + (w + 1) is image pixel (h, w).
+struct Band {
+  int64_t H, W, h0, h1;
+  int64_t wp() const { return W + 2; }
+  int64_t rows() const { return h1 - h0; }
+  int64_t buffer_pixels() const { return (h1 - h0 + 2) * (W + 2); }
+  int64_t at(int64_t h, int64_t w) const { return (h - h0 + 1) * (W + 2) + (w + 1); }
+  // first pixel of the band's rows, including the left pad column
+  int64_t first_row_pixel() const { return W + 2; }
+};
+
+// Zero a padded buffer and copy image rows [lo, hi) (clipped to the image) of image n.
+template <typename T>
+void fill_padded(T* buf, int64_t ch, const Band& b, const View4<const T>& src, int64_t n, int64_t lo,
+                 int64_t hi) {
+  std::memset(buf, 0, sizeof(T) * b.buffer_pixels() * ch);
+  lo = std::max<int64_t>(lo, 0);
+  hi = std::min(hi, b.H);
+  for (int64_t h = lo; h < hi; ++h) {
+    for (int64_t w = 0; w < b.W; ++w) {
+      T* d = buf + b.at(h, w) * ch;
+      const T* s = src.at(n, 0, h, w);
+      if (src.sc == 1) {
+        std::memcpy(d, s, sizeof(T) * ch);
+      } else {
+        for (int64_t c = 0; c < ch; ++c) d[c] = s[c * src.sc];
+      }
+    }
+  }
+}
+
+// Pointers to the pixels of image rows [lo, hi) (clipped) inside a padded buffer.
+template <typename T>
+int64_t padded_rows(std::vector<T*>& rows, T* buf, int64_t ch, const Band& b, int64_t lo, int64_t hi) {
+  lo = std::max<int64_t>(lo, 0);
+  hi = std::min(hi, b.H);
+  rows.clear();
+  for (int64_t h = lo; h < hi; ++h)
+    for (int64_t w = 0; w < b.W; ++w) rows.push_back(buf + b.at(h, w) * ch);
+  return (int64_t)rows.size();
+}
+
+// Pointers to consecutive rows of a compact [pixels, ch] block.
+template <typename T>
+void compact_rows(std::vector<T*>& rows, T* base, int64_t ch, int64_t count) {
+  rows.resize(count);
+  for (int64_t i = 0; i < count; ++i) rows[i] = base + i * ch;
+}
+
+// Pixel offsets (in elements) of the taps inside a padded buffer of `ch` channels.
+// PTT order: (-1,0) (+1,0) (0,-1) (0,+1) (0,0); vertical: (-1,0) (0,0) (+1,0);
+// horizontal: (0,-1) (0,0) (0,+1).
+struct Taps {
+  int n;
+  int64_t off[5];
+};
+Taps ptt_taps(const Band& b, int64_t ch, int64_t sign) {
+  const int64_t v = b.wp() * ch;
+  return {5, {-v * sign, v * sign, -ch * sign, ch * sign, 0}};
+}
+Taps vertical_taps(const Band& b, int64_t ch, int64_t sign) {
+  const int64_t v = b.wp() * ch;
+  return {3, {-v * sign, 0, v * sign, 0, 0}};
+}
+Taps horizontal_taps(int64_t ch, int64_t sign) { return {3, {-ch * sign, 0, ch * sign, 0, 0}}; }
+const int64_t kZeroTap[1] = {0};
+
+// ---------------------------------------------------------------- packed weights
+// Forward B matrices are [tap][in][out] (rows of output channels); backward ones
+// [tap][out][in]. PTT taps carry the 1/2 of the mean.
+template <typename T>
+struct Packed {
+  std::vector<T> ptt_f, ptt_b;  // [5][r][r]
+  std::vector<T> g2_f, g2_b;    // [3][r1][r2], [3][r2][r1]
+  std::vector<T> g3_f, g3_b;    // [3][r2][r3], [3][r3][r2]
+  std::vector<T> g4_f;          // [r3][cout]   (G4^T)
+  std::vector<T> g4_b;          // [cout][r3]   (G4)
+};
+
+template <typename T>
+T w2at(const at::Tensor& w, int64_t o, int64_t i, int64_t k) {  // w [out, in, 3, 1]
+  return w.data_ptr<T>()[((o * w.size(1) + i) * 3 + k)];
+}
+
+template <typename T>
+Packed<T> pack_weights(const at::Tensor& w2c, const at::Tensor& w3c, const at::Tensor& w4c, bool parallel,
+                       bool has_g4, bool backward) {
+  Packed<T> P;
+  const int64_t r1 = w2c.size(1), r2 = w2c.size(0), r3 = w3c.size(0);
+  const T* w2 = w2c.data_ptr<T>();  // [r2][r1][3]
+  const T* w3 = w3c.data_ptr<T>();  // [r3][r2][3]
+  if (parallel) {
+    const int64_t r = r1;
+    P.ptt_f.assign(5 * r * r, T(0));
+    if (backward) P.ptt_b.assign(5 * r * r, T(0));
+    for (int64_t co = 0; co < r; ++co) {
+      for (int64_t ci = 0; ci < r; ++ci) {
+        const T* a = w2 + (co * r + ci) * 3;
+        const T* c = w3 + (co * r + ci) * 3;
+        const T v[5] = {a[0] / 2, a[2] / 2, c[0] / 2, c[2] / 2, (a[1] + c[1]) / 2};
+        for (int t = 0; t < 5; ++t) {
+          P.ptt_f[(t * r + ci) * r + co] = v[t];
+          if (backward) P.ptt_b[(t * r + co) * r + ci] = v[t];
+        }
+      }
+    }
+  } else {
+    P.g2_f.assign(3 * r1 * r2, T(0));
+    P.g3_f.assign(3 * r2 * r3, T(0));
+    if (backward) {
+      P.g2_b.assign(3 * r1 * r2, T(0));
+      P.g3_b.assign(3 * r2 * r3, T(0));
+    }
+    for (int64_t b = 0; b < r2; ++b)
+      for (int64_t a = 0; a < r1; ++a)
+        for (int t = 0; t < 3; ++t) {
+          const T v = w2[(b * r1 + a) * 3 + t];
+          P.g2_f[(t * r1 + a) * r2 + b] = v;
+          if (backward) P.g2_b[(t * r2 + b) * r1 + a] = v;
+        }
+    for (int64_t c = 0; c < r3; ++c)
+      for (int64_t b = 0; b < r2; ++b)
+        for (int t = 0; t < 3; ++t) {
+          const T v = w3[(c * r2 + b) * 3 + t];
+          P.g3_f[(t * r2 + b) * r3 + c] = v;
+          if (backward) P.g3_b[(t * r3 + c) * r2 + b] = v;
+        }
+  }
+  if (has_g4) {
+    const int64_t cout = w4c.size(0);
+    const T* w4 = w4c.data_ptr<T>();  // [cout][r3]
+    P.g4_f.assign(r3 * cout, T(0));
+    for (int64_t o = 0; o < cout; ++o)
+      for (int64_t c = 0; c < r3; ++c) P.g4_f[c * cout + o] = w4[o * r3 + c];
+    if (backward) P.g4_b.assign(w4, w4 + cout * r3);
+  }
+  return P;
+}
+
+// ---------------------------------------------------------------- problem and bands
+struct Problem {
+  int64_t N, H, W, r1, r2, r3, cout;
+  bool parallel, pool, has_g4;
+  std::vector<uint8_t> full;  // per image: 1 = full step, 0 = HTT half step
+  int64_t band_rows, bands;
+};
+
+// Rows per band: whole images when their working set fits in about half of L2;
+// fewer rows (even, for the pool) when it does not, or when there are too few
+// images to keep every thread busy.
+void choose_bands(Problem& p, size_t elem) {
+  const int64_t per_row = p.W * (2 * p.r1 + 2 * p.r2 + 2 * p.r3 + p.cout) * (int64_t)elem * 2;
+  int64_t rows = std::max<int64_t>(1, (int64_t)(1 << 20) / std::max<int64_t>(per_row, 1));
+  const int64_t want_units = 4 * (int64_t)at::get_num_threads();
+  if (p.N < want_units) {
+    const int64_t per_image = ceil_div(want_units, std::max<int64_t>(p.N, 1));
+    rows = std::min(rows, std::max<int64_t>(4, ceil_div(p.H, per_image)));
+  }
+  rows = std::min(rows, std::max<int64_t>(p.H, 1));
+  if (p.pool && rows % 2 && rows < p.H) rows += 1;
+  rows = std::max<int64_t>(rows, 1);
+  p.band_rows = rows;
+  p.bands = ceil_div(std::max<int64_t>(p.H, 1), rows);
+}
+
+std::vector<uint8_t> image_steps(int64_t N, const c10::List<bool>& schedule) {
+  std::vector<uint8_t> full(N, 1);
+  const int64_t T = (int64_t)schedule.size();
+  if (T == 0) return full;
+  TORCH_CHECK(N % T == 0, "snnops.tt_block: ", N, " images are not a whole number of the schedule's ", T,
+              " timesteps");
+  const int64_t per = N / T;
+  for (int64_t n = 0; n < N; ++n) full[n] = schedule.get(n / per) ? 1 : 0;
+  return full;
+}
+
+// ---------------------------------------------------------------- forward
+template <typename T>
+struct FwdScratch {
+  std::vector<T> opad, mid, p, ytile;
+  std::vector<T*> arow, crow, prow;
+};
+
+// The rank-r result of the middle of the block for the band (PTT, STT, or the input
+// itself at a half step), as row pointers in `rows` (one per pixel, row-major).
+template <typename T>
+void middle_forward(bool avx2, const Problem& pb, const Packed<T>& P, const Band& b, bool full, FwdScratch<T>& s,
+                    std::vector<T*>& rows, T* dest_or_null) {
+  const int64_t M = padded_rows(s.arow, s.opad.data(), pb.r1, b, b.h0, b.h1);
+  if (pb.parallel && !full) {  // HTT half step: the middle is skipped
+    rows = s.arow;
+    return;
+  }
+  if (dest_or_null == nullptr) {
+    s.p.resize(M * pb.r3);
+    compact_rows(rows, s.p.data(), pb.r3, M);
+  } else {
+    compact_rows(rows, dest_or_null, pb.r3, M);
+  }
+  if (pb.parallel) {
+    const Taps tp = ptt_taps(b, pb.r1, 1);
+    gemm_rows<T>(avx2, M, pb.r1, pb.r1, s.arow.data(), 1, tp.off, tp.n, P.ptt_f.data(), pb.r1, rows.data(), false);
+  } else {
+    s.mid.assign(b.buffer_pixels() * pb.r2, T(0));
+    std::vector<T*>& mrow = s.crow;
+    padded_rows(mrow, s.mid.data(), pb.r2, b, b.h0, b.h1);
+    const Taps tv = vertical_taps(b, pb.r1, 1);
+    gemm_rows<T>(avx2, M, pb.r2, pb.r1, s.arow.data(), 1, tv.off, tv.n, P.g2_f.data(), pb.r2, mrow.data(), false);
+    const Taps th = horizontal_taps(pb.r2, 1);
+    gemm_rows<T>(avx2, M, pb.r3, pb.r2, mrow.data(), 1, th.off, th.n, P.g3_f.data(), pb.r3, rows.data(), false);
+  }
+}
+
+template <typename T>
+void pool_band(const Problem& pb, const Band& b, const T* ytile, T* out, uint8_t* idx, int64_t n) {
+  const int64_t Hp = pb.H / 2, Wp = pb.W / 2, C = pb.cout;
+  for (int64_t ph = b.h0 / 2; ph < std::min(Hp, b.h1 / 2); ++ph) {
+    for (int64_t pw = 0; pw < Wp; ++pw) {
+      const int64_t o = ((n * Hp + ph) * Wp + pw) * C;
+      const T* q[4];
+      for (int d = 0; d < 4; ++d) q[d] = ytile + ((2 * ph + d / 2 - b.h0) * pb.W + 2 * pw + d % 2) * C;
+      for (int64_t c = 0; c < C; ++c) {
+        T best = q[0][c];
+        uint8_t arg = 0;
+        for (uint8_t d = 1; d < 4; ++d) {
+          const T v = q[d][c];
+          if (v > best || std::isnan(v)) {  // the first maximum, NaN wins (as F.max_pool2d)
+            best = v;
+            arg = d;
+          }
+        }
+        out[o + c] = best;
+        idx[o + c] = arg;
+      }
+    }
+  }
+}
+
+template <typename T>
+void block_forward(const Problem& pb, const Packed<T>& P, const View4<const T>& o, T* out, uint8_t* idx) {
+  const bool avx2 = use_avx2();
+  at::parallel_for(0, pb.N * pb.bands, 1, [&](int64_t u0, int64_t u1) {
+    FwdScratch<T> s;
+    std::vector<T*> rows, yrow;
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t n = u / pb.bands;
+      const Band b{pb.H, pb.W, (u % pb.bands) * pb.band_rows, std::min(pb.H, (u % pb.bands + 1) * pb.band_rows)};
+      s.opad.resize(b.buffer_pixels() * pb.r1);
+      fill_padded<T>(s.opad.data(), pb.r1, b, o, n, b.h0 - 1, b.h1 + 1);
+      const int64_t M = b.rows() * pb.W;
+      const int64_t out_ch = pb.has_g4 ? pb.cout : pb.r3;
+      T* dest = out + (n * pb.H + b.h0) * pb.W * out_ch;
+      if (!pb.has_g4) {  // ptt_conv: the middle is the output
+        middle_forward<T>(avx2, pb, P, b, true, s, rows, dest);
+        continue;
+      }
+      middle_forward<T>(avx2, pb, P, b, pb.full[n] != 0, s, rows, nullptr);
+      T* ybase = dest;
+      if (pb.pool) {
+        s.ytile.resize(M * pb.cout);
+        ybase = s.ytile.data();
+      }
+      compact_rows(yrow, ybase, pb.cout, M);
+      gemm_rows<T>(avx2, M, pb.cout, pb.r3, rows.data(), 1, kZeroTap, 1, P.g4_f.data(), pb.cout, yrow.data(), false);
+      if (pb.pool) pool_band<T>(pb, b, s.ytile.data(), out, idx, n);
+    }
+  });
+}
+
+// ---------------------------------------------------------------- backward
+template <typename T>
+struct Grads {
+  bool o, w2, w3, w4;
+};
+
+template <typename T>
+struct BwdScratch {
+  FwdScratch<T> f;
+  std::vector<T> gy, gp, g2;
+  std::vector<T*> gyrow, gprow, g2row, orow, tmp;
+};
+
+// Weight-gradient accumulators of one thread: [ptt: 5][r][r] rows (tap, in) or STT
+// dW2 [3][r1][r2] + dW3 [3][r2][r3]; then dG4^T [r3][cout].
+struct AccLayout {
+  int64_t taps_a, taps_b, g4, total;
+};
+
+AccLayout acc_layout(const Problem& pb) {
+  AccLayout L{};
+  if (pb.parallel) {
+    L.taps_a = 5 * pb.r1 * pb.r1;
+    L.taps_b = 0;
+  } else {
+    L.taps_a = 3 * pb.r1 * pb.r2;
+    L.taps_b = 3 * pb.r2 * pb.r3;
+  }
+  L.g4 = pb.has_g4 ? pb.r3 * pb.cout : 0;
+  L.total = L.taps_a + L.taps_b + L.g4;
+  return L;
+}
+
+// Weight gradient of taps: C[(t, i)][j] += sum over the band's pixels (pad columns
+// included: `grad` is zero there) of act[pixel + shift_t][i] * grad[pixel][j].
+template <typename T>
+void tap_weight_grad(bool avx2, const Band& b, const T* act, int64_t ci, const Taps& tp, const T* grad, int64_t co,
+                     T* acc, std::vector<T*>& arow, std::vector<T*>& crow) {
+  const int64_t q0 = b.first_row_pixel();
+  const int64_t K = b.rows() * b.wp();
+  arow.resize(tp.n * ci);
+  crow.resize(tp.n * ci);
+  for (int t = 0; t < tp.n; ++t)
+    for (int64_t i = 0; i < ci; ++i) {
+      arow[t * ci + i] = const_cast<T*>(act) + q0 * ci + tp.off[t] + i;
+      crow[t * ci + i] = acc + (t * ci + i) * co;
+    }
+  gemm_rows<T>(avx2, tp.n * ci, co, K, arow.data(), ci, kZeroTap, 1, grad + q0 * co, co, crow.data(), true);
+}
+
+template <typename T>
+void block_backward(const Problem& pb, const Packed<T>& P, const View4<const T>& gy_in, const uint8_t* idx,
+                    const View4<const T>& o, const Grads<T>& need, T* go_out, std::vector<T>& acc_all) {
+  const bool avx2 = use_avx2();
+  const AccLayout L = acc_layout(pb);
+  const int64_t slots = std::max<int64_t>(1, at::get_num_threads());
+  acc_all.assign(slots * L.total, T(0));
+  const int64_t gch = pb.has_g4 ? pb.cout : pb.r3;  // channels of the incoming gradient
+  const bool gy_rows_direct = !pb.pool && gy_in.sc == 1 && gy_in.sw == gch && gy_in.sh == pb.W * gch;
+  const bool need_taps = need.w2 || need.w3;
+  at::parallel_for(0, pb.N * pb.bands, 1, [&](int64_t u0, int64_t u1) {
+    const int64_t slot = std::min<int64_t>(at::get_thread_num(), slots - 1);
+    T* acc = acc_all.data() + slot * L.total;
+    BwdScratch<T> s;
+    std::vector<T*> mrows;
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t n = u / pb.bands;
+      const Band b{pb.H, pb.W, (u % pb.bands) * pb.band_rows, std::min(pb.H, (u % pb.bands + 1) * pb.band_rows)};
+      const bool full = !pb.parallel || pb.full[n];
+      const int64_t M = b.rows() * pb.W;
+      const int64_t lo = std::max<int64_t>(b.h0 - 1, 0), hi = std::min(pb.H, b.h1 + 1);
+      const int64_t Mh = (hi - lo) * pb.W;
+      s.f.opad.resize(b.buffer_pixels() * pb.r1);
+      fill_padded<T>(s.f.opad.data(), pb.r1, b, o, n, b.h0 - 1, b.h1 + 1);
+
+      // Incoming gradient rows [lo, hi): straight from the tensor when it is
+      // channels-last, else gathered (or un-pooled) into a compact scratch.
+      const T* gy_band;  // pixel (h0, 0) of a block with pixel stride gch
+      s.gyrow.resize(Mh);
+      if (gy_rows_direct) {
+        for (int64_t i = 0; i < Mh; ++i) s.gyrow[i] = const_cast<T*>(gy_in.at(n, 0, lo + i / pb.W, i % pb.W));
+        gy_band = gy_in.at(n, 0, b.h0, 0);
+      } else {
+        s.gy.assign(Mh * gch, T(0));
+        if (pb.pool) {
+          const int64_t Hp = pb.H / 2, Wq = pb.W / 2;
+          for (int64_t ph = lo / 2; ph < std::min(Hp, (hi + 1) / 2); ++ph)
+            for (int64_t pw = 0; pw < Wq; ++pw) {
+              const T* g = gy_in.at(n, 0, ph, pw);
+              const uint8_t* code = idx + ((n * Hp + ph) * Wq + pw) * gch;
+              for (int64_t c = 0; c < gch; ++c) {
+                const int64_t h = 2 * ph + code[c] / 2, w = 2 * pw + code[c] % 2;
+                if (h >= lo && h < hi) s.gy[((h - lo) * pb.W + w) * gch + c] = g[c * gy_in.sc];
+              }
+            }
+        } else {
+          for (int64_t h = lo; h < hi; ++h)
+            for (int64_t w = 0; w < pb.W; ++w) {
+              const T* g = gy_in.at(n, 0, h, w);
+              T* d = s.gy.data() + ((h - lo) * pb.W + w) * gch;
+              for (int64_t c = 0; c < gch; ++c) d[c] = g[c * gy_in.sc];
+            }
+        }
+        for (int64_t i = 0; i < Mh; ++i) s.gyrow[i] = s.gy.data() + i * gch;
+        gy_band = s.gy.data() + (b.h0 - lo) * pb.W * gch;
+      }
+
+      // gp = G4^T gy (the gradient of the middle's output), padded, rows [lo, hi).
+      s.gp.resize(b.buffer_pixels() * pb.r3);
+      std::memset(s.gp.data(), 0, sizeof(T) * s.gp.size());
+      padded_rows(s.gprow, s.gp.data(), pb.r3, b, lo, hi);
+      if (pb.has_g4) {
+        gemm_rows<T>(avx2, Mh, pb.r3, pb.cout, s.gyrow.data(), 1, kZeroTap, 1, P.g4_b.data(), pb.r3,
+                     s.gprow.data(), false);
+      } else {
+        for (int64_t i = 0; i < Mh; ++i) std::memcpy(s.gprow[i], s.gyrow[i], sizeof(T) * pb.r3);
+      }
+
+      // dG4^T[c][o] += sum over band pixels of mid[pixel][c] * gy[pixel][o].
+      if (pb.has_g4 && need.w4) {
+        middle_forward<T>(avx2, pb, P, b, full, s.f, mrows, nullptr);
+        const T* mid = (pb.parallel && !full) ? nullptr : s.f.p.data();
+        if (mid == nullptr) {  // half step: the middle is o itself; make it compact
+          s.f.p.resize(M * pb.r3);
+          for (int64_t i = 0; i < M; ++i) std::memcpy(s.f.p.data() + i * pb.r3, mrows[i], sizeof(T) * pb.r3);
+          mid = s.f.p.data();
+        }
+        s.tmp.resize(pb.r3);
+        std::vector<T*> crow(pb.r3);
+        for (int64_t c = 0; c < pb.r3; ++c) {
+          s.tmp[c] = const_cast<T*>(mid) + c;
+          crow[c] = acc + L.taps_a + L.taps_b + c * pb.cout;
+        }
+        gemm_rows<T>(avx2, pb.r3, pb.cout, M, s.tmp.data(), pb.r3, kZeroTap, 1, gy_band, pb.cout, crow.data(), true);
+      }
+
+      // Band rows of the output gradient go (channels-last tensor).
+      std::vector<T*>& gorow = s.orow;
+      compact_rows(gorow, go_out + (n * pb.H + b.h0) * pb.W * pb.r1, pb.r1, M);
+      std::vector<T*> gp_band;
+      padded_rows(gp_band, s.gp.data(), pb.r3, b, b.h0, b.h1);
+
+      if (pb.parallel && !full) {  // half step: go = gp
+        if (need.o)
+          for (int64_t i = 0; i < M; ++i) std::memcpy(gorow[i], gp_band[i], sizeof(T) * pb.r1);
+        continue;
+      }
+      if (pb.parallel) {
+        if (need_taps)
+          tap_weight_grad<T>(avx2, b, s.f.opad.data(), pb.r1, ptt_taps(b, pb.r1, 1), s.gp.data(), pb.r1, acc, s.tmp,
+                             s.g2row);
+        if (need.o) {
+          const Taps tb = ptt_taps(b, pb.r1, -1);
+          gemm_rows<T>(avx2, M, pb.r1, pb.r1, gp_band.data(), 1, tb.off, tb.n, P.ptt_b.data(), pb.r1, gorow.data(),
+                       false);
+        }
+        continue;
+      }
+      // STT: mid1 = G2(o) (band rows) for dW3; g2 = G3^T gp (rows [lo, hi)) for dW2 and go.
+      if (need.w3) {
+        s.f.mid.assign(b.buffer_pixels() * pb.r2, T(0));
+        padded_rows(s.f.crow, s.f.mid.data(), pb.r2, b, b.h0, b.h1);
+        padded_rows(s.f.arow, s.f.opad.data(), pb.r1, b, b.h0, b.h1);
+        const Taps tv = vertical_taps(b, pb.r1, 1);
+        gemm_rows<T>(avx2, M, pb.r2, pb.r1, s.f.arow.data(), 1, tv.off, tv.n, P.g2_f.data(), pb.r2,
+                     s.f.crow.data(), false);
+        tap_weight_grad<T>(avx2, b, s.f.mid.data(), pb.r2, horizontal_taps(pb.r2, 1), s.gp.data(), pb.r3,
+                           acc + L.taps_a, s.tmp, s.g2row);
+      }
+      if (need.o || need.w2) {
+        s.g2.assign(b.buffer_pixels() * pb.r2, T(0));
+        padded_rows(s.g2row, s.g2.data(), pb.r2, b, lo, hi);
+        const Taps th = horizontal_taps(pb.r3, -1);
+        gemm_rows<T>(avx2, Mh, pb.r2, pb.r3, s.gprow.data(), 1, th.off, th.n, P.g3_b.data(), pb.r2, s.g2row.data(),
+                     false);
+        if (need.w2)
+          tap_weight_grad<T>(avx2, b, s.f.opad.data(), pb.r1, vertical_taps(b, pb.r1, 1), s.g2.data(), pb.r2, acc,
+                             s.tmp, s.gyrow);
+        if (need.o) {
+          std::vector<T*> g2_band;
+          padded_rows(g2_band, s.g2.data(), pb.r2, b, b.h0, b.h1);
+          const Taps tv = vertical_taps(b, pb.r2, -1);
+          gemm_rows<T>(avx2, M, pb.r1, pb.r2, g2_band.data(), 1, tv.off, tv.n, P.g2_b.data(), pb.r1, gorow.data(),
+                       false);
+        }
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------- checks and ops
+void check_float(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor here, got ", t.device());
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op, ": ", name,
+              " must be float32 or float64, got ", t.scalar_type());
+}
+
+void check_cores(const at::Tensor& o, const at::Tensor& w2, const at::Tensor& w3, const char* op, bool parallel) {
+  check_float(o, op, "o");
+  TORCH_CHECK(o.dim() == 4, op, ": o must be [N, r, H, W], got ", o.sizes());
+  TORCH_CHECK(w2.dim() == 4 && w2.size(2) == 3 && w2.size(3) == 1 && w2.size(1) == o.size(1), op,
+              ": w2 must be [r2, r1, 3, 1] with r1 = o's channels (", o.size(1), "), got ", w2.sizes());
+  TORCH_CHECK(w3.dim() == 4 && w3.size(2) == 1 && w3.size(3) == 3 && w3.size(1) == w2.size(0), op,
+              ": w3 must be [r3, r2, 1, 3] with r2 = w2's outputs (", w2.size(0), "), got ", w3.sizes());
+  if (parallel)
+    TORCH_CHECK(w2.size(0) == o.size(1) && w3.size(0) == o.size(1) && w3.size(1) == o.size(1), op,
+                ": the parallel form needs w2 and w3 both [r, r, ...] with r = ", o.size(1), ", got ", w2.sizes(),
+                " and ", w3.sizes());
+  TORCH_CHECK(w2.scalar_type() == o.scalar_type() && w3.scalar_type() == o.scalar_type(), op,
+              ": o, w2, w3 must share a dtype, got ", o.scalar_type(), ", ", w2.scalar_type(), ", ",
+              w3.scalar_type());
+}
+
+at::TensorOptions cl_opts(const at::Tensor& like) {
+  return like.options().memory_format(at::MemoryFormat::ChannelsLast);
+}
+
+Problem make_problem(const at::Tensor& o, const at::Tensor& w2, const at::Tensor& w3, const at::Tensor* w4,
+                     bool parallel, bool pool, const c10::List<bool>& schedule) {
+  Problem p;
+  p.N = o.size(0);
+  p.H = o.size(2);
+  p.W = o.size(3);
+  p.r1 = o.size(1);
+  p.r2 = w2.size(0);
+  p.r3 = w3.size(0);
+  p.has_g4 = w4 != nullptr;
+  p.cout = w4 ? w4->size(0) : p.r3;
+  p.parallel = parallel;
+  p.pool = pool;
+  p.full = image_steps(p.N, schedule);
+  choose_bands(p, o.element_size());
+  return p;
+}
+
+at::Tensor ptt_conv_cpu(const at::Tensor& o, const at::Tensor& w2, const at::Tensor& w3) {
+  const char* op = "snnops.ptt_conv";
+  check_cores(o, w2, w3, op, true);
+  at::Tensor out = at::empty(o.sizes(), cl_opts(o));
+  if (out.numel() == 0) return out;
+  const Problem pb = make_problem(o, w2, w3, nullptr, true, false, c10::List<bool>());
+  AT_DISPATCH_FLOATING_TYPES(o.scalar_type(), "ptt_conv", [&] {
+    const auto P = pack_weights<scalar_t>(w2.contiguous(), w3.contiguous(), at::Tensor(), true, false, false);
+    block_forward<scalar_t>(pb, P, cview4<scalar_t>(o), out.data_ptr<scalar_t>(), nullptr);
+  });
+  return out;
+}
+
+template <typename T>
+void write_weight_grads(const Problem& pb, const std::vector<T>& acc_all, int64_t slots, at::Tensor& gw2,
+                        at::Tensor& gw3, at::Tensor* gw4, bool need2, bool need3, bool need4) {
+  const AccLayout L = acc_layout(pb);
+  std::vector<T> acc(L.total, T(0));
+  for (int64_t s = 0; s < slots; ++s)
+    for (int64_t i = 0; i < L.total; ++i) acc[i] += acc_all[s * L.total + i];
+  T* g2 = need2 ? gw2.data_ptr<T>() : nullptr;  // [r2][r1][3]
+  T* g3 = need3 ? gw3.data_ptr<T>() : nullptr;  // [r3][r2][3]
+  if (pb.parallel) {
+    const int64_t r = pb.r1;
+    // acc rows (t, ci), columns co: sum of gp[co] * o_shift[ci]; each tap carries 1/2.
+    for (int64_t co = 0; co < r; ++co)
+      for (int64_t ci = 0; ci < r; ++ci) {
+        auto a = [&](int t) { return acc[(t * r + ci) * r + co] / 2; };
+        if (g2) {
+          T* d = g2 + (co * r + ci) * 3;
+          d[0] = a(0), d[1] = a(4), d[2] = a(1);
+        }
+        if (g3) {
+          T* d = g3 + (co * r + ci) * 3;
+          d[0] = a(2), d[1] = a(4), d[2] = a(3);
+        }
+      }
+  } else {
+    if (g2)
+      for (int64_t b = 0; b < pb.r2; ++b)
+        for (int64_t a = 0; a < pb.r1; ++a)
+          for (int t = 0; t < 3; ++t) g2[(b * pb.r1 + a) * 3 + t] = acc[(t * pb.r1 + a) * pb.r2 + b];
+    if (g3)
+      for (int64_t c = 0; c < pb.r3; ++c)
+        for (int64_t b = 0; b < pb.r2; ++b)
+          for (int t = 0; t < 3; ++t) g3[(c * pb.r2 + b) * 3 + t] = acc[L.taps_a + (t * pb.r2 + b) * pb.r3 + c];
+  }
+  if (gw4 && need4) {
+    T* g4 = gw4->data_ptr<T>();  // [cout][r3]
+    for (int64_t o = 0; o < pb.cout; ++o)
+      for (int64_t c = 0; c < pb.r3; ++c) g4[o * pb.r3 + c] = acc[L.taps_a + L.taps_b + c * pb.cout + o];
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ptt_conv_bwd_cpu(const at::Tensor& grad, const at::Tensor& o,
+                                                                const at::Tensor& w2, const at::Tensor& w3,
+                                                                std::array<bool, 3> mask) {
+  const char* op = "snnops.ptt_conv_bwd";
+  check_cores(o, w2, w3, op, true);
+  check_float(grad, op, "grad");
+  TORCH_CHECK(grad.sizes() == o.sizes(), op, ": grad must have o's shape ", o.sizes(), ", got ", grad.sizes());
+  at::Tensor go = mask[0] ? at::empty(o.sizes(), cl_opts(o)) : at::empty({0}, o.options());
+  at::Tensor gw2 = mask[1] ? at::zeros(w2.sizes(), w2.options()) : at::empty({0}, w2.options());
+  at::Tensor gw3 = mask[2] ? at::zeros(w3.sizes(), w3.options()) : at::empty({0}, w3.options());
+  if (o.numel() == 0 || !(mask[0] || mask[1] || mask[2])) return {go, gw2, gw3};
+  const Problem pb = make_problem(o, w2, w3, nullptr, true, false, c10::List<bool>());
+  at::Tensor g = grad.to(o.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES(o.scalar_type(), "ptt_conv_bwd", [&] {
+    const auto P = pack_weights<scalar_t>(w2.contiguous(), w3.contiguous(), at::Tensor(), true, false, true);
+    std::vector<scalar_t> acc;
+    std::vector<scalar_t> go_scratch;
+    scalar_t* gop = mask[0] ? go.data_ptr<scalar_t>() : (go_scratch.resize(o.numel()), go_scratch.data());
+    block_backward<scalar_t>(pb, P, cview4<scalar_t>(g), nullptr, cview4<scalar_t>(o),
+                             Grads<scalar_t>{mask[0], mask[1], mask[2], false}, gop, acc);
+    write_weight_grads<scalar_t>(pb, acc, (int64_t)acc.size() / std::max<int64_t>(acc_layout(pb).total, 1), gw2, gw3,
+                                 nullptr, mask[1], mask[2], false);
+  });
+  return {go, gw2, gw3};
+}
+
+void check_block(const at::Tensor& o, const at::Tensor& w2, const at::Tensor& w3, const at::Tensor& w4,
+                 bool parallel, const c10::List<bool>& schedule, const char* op) {
+  check_cores(o, w2, w3, op, parallel);
+  TORCH_CHECK(w4.dim() == 4 && w4.size(1) == w3.size(0) && w4.size(2) == 1 && w4.size(3) == 1, op,
+              ": w4 must be [Cout, r3, 1, 1] with r3 = ", w3.size(0), ", got ", w4.sizes());
+  TORCH_CHECK(w4.scalar_type() == o.scalar_type(), op, ": w4 must have o's dtype ", o.scalar_type());
+  if (!parallel)
+    for (size_t t = 0; t < schedule.size(); ++t)
+      TORCH_CHECK(schedule.get(t), op, ": half steps (a schedule with False) need the parallel form");
+}
+
+std::tuple<at::Tensor, at::Tensor> tt_block_cpu(const at::Tensor& o, const at::Tensor& w2, const at::Tensor& w3,
+                                                const at::Tensor& w4, bool parallel, c10::List<bool> schedule,
+                                                bool pool) {
+  const char* op = "snnops.tt_block";
+  check_block(o, w2, w3, w4, parallel, schedule, op);
+  const int64_t N = o.size(0), H = o.size(2), W = o.size(3), C = w4.size(0);
+  at::Tensor y = pool ? at::empty({N, C, H / 2, W / 2}, cl_opts(o)) : at::empty({N, C, H, W}, cl_opts(o));
+  at::Tensor idx = pool ? at::empty({N, C, H / 2, W / 2}, cl_opts(o).dtype(at::kByte)) : at::empty({0}, o.options().dtype(at::kByte));
+  if (N == 0 || H == 0 || W == 0 || C == 0) return {y, idx};
+  const Problem pb = make_problem(o, w2, w3, &w4, parallel, pool, schedule);
+  AT_DISPATCH_FLOATING_TYPES(o.scalar_type(), "tt_block", [&] {
+    const auto P = pack_weights<scalar_t>(w2.contiguous(), w3.contiguous(), w4.contiguous(), parallel, true, false);
+    block_forward<scalar_t>(pb, P, cview4<scalar_t>(o), y.data_ptr<scalar_t>(),
+                            pool ? idx.data_ptr<uint8_t>() : nullptr);
+  });
+  return {y, idx};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tt_block_bwd_cpu(
+    const at::Tensor& grad_y, const at::Tensor& o, const at::Tensor& w2, const at::Tensor& w3, const at::Tensor& w4,
+    const at::Tensor& pool_index, bool parallel, c10::List<bool> schedule, bool pool, std::array<bool, 4> mask) {
+  const char* op = "snnops.tt_block_bwd";
+  check_block(o, w2, w3, w4, parallel, schedule, op);
+  check_float(grad_y, op, "grad_y");
+  const int64_t N = o.size(0), H = o.size(2), W = o.size(3), C = w4.size(0);
+  const std::vector<int64_t> ys = pool ? std::vector<int64_t>{N, C, H / 2, W / 2} : std::vector<int64_t>{N, C, H, W};
+  TORCH_CHECK(grad_y.sizes() == at::IntArrayRef(ys), op, ": grad_y must be ", at::IntArrayRef(ys), ", got ",
+              grad_y.sizes());
+  at::Tensor pidx;
+  if (pool) {
+    TORCH_CHECK(pool_index.scalar_type() == at::kByte && pool_index.sizes() == at::IntArrayRef(ys), op,
+                ": pool_index must be uint8 ", at::IntArrayRef(ys), ", got ", pool_index.scalar_type(), " ",
+                pool_index.sizes());
+    pidx = pool_index.contiguous(at::MemoryFormat::ChannelsLast);
+  }
+  at::Tensor go = mask[0] ? at::empty(o.sizes(), cl_opts(o)) : at::empty({0}, o.options());
+  at::Tensor gw2 = mask[1] ? at::zeros(w2.sizes(), w2.options()) : at::empty({0}, w2.options());
+  at::Tensor gw3 = mask[2] ? at::zeros(w3.sizes(), w3.options()) : at::empty({0}, w3.options());
+  at::Tensor gw4 = mask[3] ? at::zeros(w4.sizes(), w4.options()) : at::empty({0}, w4.options());
+  if (o.numel() == 0 || C == 0 || !(mask[0] || mask[1] || mask[2] || mask[3])) {
+    if (mask[0]) go.zero_();
+    return {go, gw2, gw3, gw4};
+  }
+  const Problem pb = make_problem(o, w2, w3, &w4, parallel, pool, schedule);
+  at::Tensor g = grad_y.to(o.scalar_type());
+  if (pool) g = g.contiguous(at::MemoryFormat::ChannelsLast);
+  AT_DISPATCH_FLOATING_TYPES(o.scalar_type(), "tt_block_bwd", [&] {
+    const auto P = pack_weights<scalar_t>(w2.contiguous(), w3.contiguous(), w4.contiguous(), parallel, true, true);
+    std::vector<scalar_t> acc, go_scratch;
+    scalar_t* gop = mask[0] ? go.data_ptr<scalar_t>() : (go_scratch.resize(o.numel()), go_scratch.data());
+    block_backward<scalar_t>(pb, P, cview4<scalar_t>(g), pool ? pidx.data_ptr<uint8_t>() : nullptr,
+                             cview4<scalar_t>(o), Grads<scalar_t>{mask[0], mask[1], mask[2], mask[3]}, gop, acc);
+    write_weight_grads<scalar_t>(pb, acc, (int64_t)acc.size() / std::max<int64_t>(acc_layout(pb).total, 1), gw2, gw3,
+                                 &gw4, mask[1], mask[2], mask[3]);
+  });
+  return {go, gw2, gw3, gw4};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(snnops, CPU, m) {
+  m.impl("ptt_conv", &ptt_conv_cpu);
+  m.impl("ptt_conv_bwd", &ptt_conv_bwd_cpu);
+  m.impl("tt_block", &tt_block_cpu);
+  m.impl("tt_block_bwd", &tt_block_bwd_cpu);
+}
+
+}  // namespace snnops

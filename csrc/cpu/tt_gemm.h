@@ -1,0 +1,176 @@
+// Small GEMMs over channels-last rows, with "taps": the building block of the fused
+// tensor-train convolutions.
+//
+//   C_i[j] (+)= sum_{t < ntaps} sum_{k < K} A_i[toff[t] + k * ask] * B[(t*K + k) * ldb + j]
+//
+// for rows i < M (A_i = arow[i], C_i = crow[i]) and columns j < N. Rows are pixels
+// (or channels, for weight gradients) given by pointers, so one kernel serves every
+// step of the TT block: a 1x1 conv is one tap; the 3x1 / 1x3 / 5-tap cross kernels are
+// taps whose offsets move A by whole pixels inside a zero-padded channels-last buffer;
+// a weight gradient makes rows of channels and runs k over pixels (ask = channels).
+//
+// AVX2 register tile: 6 rows x 16 columns (12 accumulators, 2 B vectors and one
+// broadcast: 15 of the 16 ymm registers), the classic shape that keeps both FMA ports
+// busy while issuing 8 loads per 12 FMAs.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "cpu/simd.h"
+
+namespace snnops {
+namespace tt {
+
+// ------------------------------------------------------------------ portable
+template <typename T>
+void gemm_rows_generic(int64_t M, int64_t N, int64_t K, const T* const* arow, int64_t ask,
+                       const int64_t* toff, int ntaps, const T* B, int64_t ldb, T* const* crow,
+                       bool accumulate) {
+  constexpr int64_t MR = 4, NB = 64;
+  T acc[MR][NB];
+  for (int64_t j0 = 0; j0 < N; j0 += NB) {
+    const int64_t nb = std::min(NB, N - j0);
+    for (int64_t i0 = 0; i0 < M; i0 += MR) {
+      const int64_t mr = std::min(MR, M - i0);
+      for (int64_t i = 0; i < MR; ++i)
+        for (int64_t j = 0; j < nb; ++j) acc[i][j] = T(0);
+      for (int t = 0; t < ntaps; ++t) {
+        const T* ap[MR];
+        for (int64_t i = 0; i < MR; ++i) ap[i] = arow[i0 + std::min(i, mr - 1)] + toff[t];
+        const T* b = B + (int64_t)t * K * ldb + j0;
+        for (int64_t k = 0; k < K; ++k, b += ldb) {
+          for (int64_t i = 0; i < mr; ++i) {
+            const T a = ap[i][k * ask];
+            T* ac = acc[i];
+            for (int64_t j = 0; j < nb; ++j) ac[j] += a * b[j];
+          }
+        }
+      }
+      for (int64_t i = 0; i < mr; ++i) {
+        T* c = crow[i0 + i] + j0;
+        if (accumulate)
+          for (int64_t j = 0; j < nb; ++j) c[j] += acc[i][j];
+        else
+          for (int64_t j = 0; j < nb; ++j) c[j] = acc[i][j];
+      }
+    }
+  }
+}
+
+#if SNN_HAVE_AVX2
+// One register tile: MR rows x NV vectors of 8 columns starting at column j; with
+// MASKED the last vector only covers the lanes set in `mask`.
+template <int MR, int NV, bool MASKED>
+SNN_AVX2 inline void tile_avx2(int64_t K, const float* const* arow, int64_t ask, const int64_t* toff,
+                               int ntaps, const float* B, int64_t ldb, float* const* crow, int64_t j,
+                               __m256i mask, bool accumulate) {
+  __m256 c[MR][NV];
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) c[i][v] = _mm256_setzero_ps();
+  const float* b = B + j;
+  for (int t = 0; t < ntaps; ++t) {
+    const float* ap[MR];
+    for (int i = 0; i < MR; ++i) ap[i] = arow[i] + toff[t];
+    for (int64_t k = 0; k < K; ++k, b += ldb) {
+      __m256 bv[NV];
+      for (int v = 0; v < NV; ++v)
+        bv[v] = (MASKED && v == NV - 1) ? _mm256_maskload_ps(b + 8 * v, mask) : _mm256_loadu_ps(b + 8 * v);
+      const int64_t ko = k * ask;
+      for (int i = 0; i < MR; ++i) {
+        const __m256 a = _mm256_broadcast_ss(ap[i] + ko);
+        for (int v = 0; v < NV; ++v) c[i][v] = _mm256_fmadd_ps(a, bv[v], c[i][v]);
+      }
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    float* cp = crow[i] + j;
+    for (int v = 0; v < NV; ++v) {
+      const bool m = MASKED && v == NV - 1;
+      __m256 r = c[i][v];
+      if (accumulate) r = _mm256_add_ps(r, m ? _mm256_maskload_ps(cp + 8 * v, mask) : _mm256_loadu_ps(cp + 8 * v));
+      if (m)
+        _mm256_maskstore_ps(cp + 8 * v, mask, r);
+      else
+        _mm256_storeu_ps(cp + 8 * v, r);
+    }
+  }
+}
+
+template <int MR>
+SNN_AVX2 inline void tile_cols_avx2(int kind, int64_t K, const float* const* arow, int64_t ask,
+                                    const int64_t* toff, int ntaps, const float* B, int64_t ldb,
+                                    float* const* crow, int64_t j, __m256i mask, bool acc) {
+  switch (kind) {
+    case 0: return tile_avx2<MR, 2, false>(K, arow, ask, toff, ntaps, B, ldb, crow, j, mask, acc);
+    case 1: return tile_avx2<MR, 2, true>(K, arow, ask, toff, ntaps, B, ldb, crow, j, mask, acc);
+    case 2: return tile_avx2<MR, 1, false>(K, arow, ask, toff, ntaps, B, ldb, crow, j, mask, acc);
+    default: return tile_avx2<MR, 1, true>(K, arow, ask, toff, ntaps, B, ldb, crow, j, mask, acc);
+  }
+}
+
+SNN_AVX2 inline void tile_any_avx2(int64_t mr, int kind, int64_t K, const float* const* arow, int64_t ask,
+                                   const int64_t* toff, int ntaps, const float* B, int64_t ldb,
+                                   float* const* crow, int64_t j, __m256i mask, bool acc) {
+  switch (mr) {
+    case 6: return tile_cols_avx2<6>(kind, K, arow, ask, toff, ntaps, B, ldb, crow, j, mask, acc);
+    case 5: return tile_cols_avx2<5>(kind, K, arow, ask, toff, ntaps, B, ldb, crow, j, mask, acc);
+    case 4: return tile_cols_avx2<4>(kind, K, arow, ask, toff, ntaps, B, ldb, crow, j, mask, acc);
+    case 3: return tile_cols_avx2<3>(kind, K, arow, ask, toff, ntaps, B, ldb, crow, j, mask, acc);
+    case 2: return tile_cols_avx2<2>(kind, K, arow, ask, toff, ntaps, B, ldb, crow, j, mask, acc);
+    default: return tile_cols_avx2<1>(kind, K, arow, ask, toff, ntaps, B, ldb, crow, j, mask, acc);
+  }
+}
+
+SNN_AVX2 inline void gemm_rows_avx2(int64_t M, int64_t N, int64_t K, const float* const* arow, int64_t ask,
+                                    const int64_t* toff, int ntaps, const float* B, int64_t ldb,
+                                    float* const* crow, bool accumulate) {
+  if (M <= 0 || N <= 0) return;
+  // Column blocks: 16 wide, then one 9..15 (masked second vector), 8, or 1..7 block.
+  const int64_t full16 = N / 16 * 16;
+  const int64_t rem = N - full16;
+  const int tail_kind = rem > 8 ? 1 : rem == 8 ? 2 : 3;
+  const __m256i mask = tail_mask(rem > 8 ? rem - 8 : rem);
+  // The B panel of one column block is ntaps*K*16 floats; when all of B fits in L1,
+  // walk rows outside (A rows read once); otherwise columns outside (the B panel stays
+  // in L1 while all rows pass over it).
+  const bool rows_outside = (int64_t)ntaps * K * N * 4 <= 24 * 1024;
+  auto block = [&](int64_t i0, int64_t j, int kind) {
+    tile_any_avx2(std::min<int64_t>(6, M - i0), kind, K, arow + i0, ask, toff, ntaps, B, ldb, crow + i0, j,
+                  mask, accumulate);
+  };
+  if (rows_outside) {
+    for (int64_t i0 = 0; i0 < M; i0 += 6) {
+      for (int64_t j = 0; j < full16; j += 16) block(i0, j, 0);
+      if (rem) block(i0, full16, tail_kind);
+    }
+  } else {
+    for (int64_t j = 0; j < full16; j += 16)
+      for (int64_t i0 = 0; i0 < M; i0 += 6) block(i0, j, 0);
+    if (rem)
+      for (int64_t i0 = 0; i0 < M; i0 += 6) block(i0, full16, tail_kind);
+  }
+}
+#endif  // SNN_HAVE_AVX2
+
+template <typename T>
+inline void gemm_rows(bool avx2, int64_t M, int64_t N, int64_t K, const T* const* arow, int64_t ask,
+                      const int64_t* toff, int ntaps, const T* B, int64_t ldb, T* const* crow, bool accumulate) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0 || ntaps <= 0) {
+    if (!accumulate)
+      for (int64_t i = 0; i < M; ++i) std::fill(crow[i], crow[i] + N, T(0));
+    return;
+  }
+#if SNN_HAVE_AVX2
+  if constexpr (std::is_same<T, float>::value) {
+    if (avx2) return gemm_rows_avx2(M, N, K, arow, ask, toff, ntaps, B, ldb, crow, accumulate);
+  }
+#endif
+  (void)avx2;
+  gemm_rows_generic<T>(M, N, K, arow, ask, toff, ntaps, B, ldb, crow, accumulate);
+}
+
+}  // namespace tt
+}  // namespace snnops

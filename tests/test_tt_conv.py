@@ -1,0 +1,252 @@
+"""The fused TT convolution ops (ptt_conv, tt_block) against their F.conv2d references
+(snnops/reference/tt_conv.py), on both C++ code paths, and the Triton kernels under
+the interpreter.
+
+Tolerances: float32 results are sums of up to 5r (taps x channels) products taken in
+another order than oneDNN's, so they differ by a few ulp of the largest partial sums:
+we compare with rtol 1e-4 and an atol of 1e-5 x the reference's largest magnitude.
+float64 (gradcheck and the exactness checks) is compared to 1e-10. Pool argmax codes
+are compared exactly (the kernels take the first maximum, as F.max_pool2d does).
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import snnops
+from snnops import reference
+from snnops.nn import TTConv2d
+from snnops.ops.tt_conv import tt_block as tt_block_fn
+
+F64 = dict(dtype=torch.float64)
+
+
+def close(ours, ref, scale=None):
+    scale = float(ref.detach().abs().max()) if scale is None and ref.numel() else (scale or 1.0)
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5 * max(scale, 1e-30))
+
+
+def ptt_weights(r, dtype=torch.float32):
+    return torch.randn(r, r, 3, 1, dtype=dtype), torch.randn(r, r, 1, 3, dtype=dtype)
+
+
+def block_weights(r1, cout, parallel, dtype=torch.float32):
+    r2, r3 = (r1, r1) if parallel else (r1 + 2, max(1, r1 - 1))
+    return (torch.randn(r2, r1, 3, 1, dtype=dtype), torch.randn(r3, r2, 1, 3, dtype=dtype),
+            torch.randn(cout, r3, 1, 1, dtype=dtype))
+
+
+# ----------------------------------------------------------------------- ptt_conv
+
+@pytest.mark.parametrize("r", [1, 3, 8, 17, 32, 96])
+@pytest.mark.parametrize("shape", [(1, 5, 7), (2, 16, 16), (3, 1, 9), (1, 9, 1)], ids=str)
+def test_ptt_conv_matches_reference(cpu_isa, r, shape):
+    n, h, w = shape
+    o = torch.randn(n, r, h, w)
+    w2, w3 = ptt_weights(r)
+    y = snnops.ptt_conv(o, w2, w3)
+    ref = reference.ptt_conv(o, w2, w3)
+    assert y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
+    close(y, ref)
+    g = torch.randn_like(ref)
+    for mask in ([True, True, True], [True, False, False], [False, True, True]):
+        ours = torch.ops.snnops.ptt_conv_bwd(g, o, w2, w3, mask)
+        want = reference.ptt_conv_bwd(g, o, w2, w3, mask)
+        for a, b, m in zip(ours, want, mask):
+            assert a.shape == b.shape
+            if m:
+                close(a, b)
+
+
+def test_ptt_conv_is_the_five_tap_cross_kernel():
+    # (conv3x1 + conv1x3)/2 equals one 3x3 conv whose kernel is the cross with the two
+    # centre taps averaged: checks the fused centre tap exactly, in float64.
+    r = 6
+    o = torch.randn(2, r, 7, 8, **F64)
+    w2, w3 = ptt_weights(r, torch.float64)
+    cross = torch.zeros(r, r, 3, 3, **F64)
+    cross[:, :, :, 1] += w2[:, :, :, 0] / 2
+    cross[:, :, 1, :] += w3[:, :, 0, :] / 2
+    torch.testing.assert_close(snnops.ptt_conv(o, w2, w3), F.conv2d(o, cross, padding=1), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "sliced", "empty"])
+def test_ptt_conv_layouts(cpu_isa, layout):
+    r = 5
+    w2, w3 = ptt_weights(r)
+    if layout == "nchw":
+        o = torch.randn(2, r, 6, 7)
+    elif layout == "channels_last":
+        o = torch.randn(2, r, 6, 7).contiguous(memory_format=torch.channels_last)
+    elif layout == "sliced":
+        o = torch.randn(3, 2 * r, 9, 14)[::2, ::2, 1:7, ::2]
+    else:
+        o = torch.randn(0, r, 6, 7)
+    o.requires_grad_()
+    y = snnops.ptt_conv(o, w2, w3)
+    close(y, reference.ptt_conv(o, w2, w3))
+    g = torch.randn_like(y)
+    (ours,) = torch.autograd.grad(y, o, g)
+    close(ours, reference.ptt_conv_bwd(g, o, w2, w3, [True, False, False])[0])
+
+
+def test_ptt_conv_gradcheck():
+    o = torch.randn(2, 3, 5, 4, **F64, requires_grad=True)
+    w2, w3 = (w.requires_grad_() for w in ptt_weights(3, torch.float64))
+    assert torch.autograd.gradcheck(snnops.ptt_conv, (o, w2, w3))
+
+
+def test_ptt_conv_bad_input():
+    o = torch.randn(1, 4, 5, 5)
+    w2, w3 = ptt_weights(4)
+    with pytest.raises(ValueError, match=r"w2 must be \[r, r, 3, 1\]"):
+        snnops.ptt_conv(o, w3, w3)
+    with pytest.raises(ValueError, match=r"w3 must be \[r, r, 1, 3\]"):
+        snnops.ptt_conv(o, w2, torch.randn(4, 5, 1, 3))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        snnops.ptt_conv(o.int(), w2, w3)
+    with pytest.raises(TypeError, match="dtype"):
+        snnops.ptt_conv(o, w2.double(), w3)
+    with pytest.raises(ValueError, match="4-D"):
+        snnops.ptt_conv(o[0], w2, w3)
+
+
+# ----------------------------------------------------------------------- tt_block
+
+BLOCK_CASES = [
+    # parallel, schedule, pool
+    (True, [], False),
+    (True, [], True),
+    (False, [], False),
+    (False, [], True),
+    (True, [True, True, False, False], False),   # HTT FFHH
+    (True, [False, True, False, True], True),    # HTT HFHF with pool
+]
+
+
+@pytest.mark.parametrize("parallel,schedule,pool", BLOCK_CASES, ids=lambda v: str(v))
+@pytest.mark.parametrize("r,cout,shape", [(1, 3, (4, 5, 7)), (8, 16, (4, 9, 9)), (32, 24, (4, 8, 6)),
+                                          (96, 20, (4, 4, 4))], ids=str)
+def test_tt_block_matches_reference(cpu_isa, parallel, schedule, pool, r, cout, shape):
+    n, h, w = shape
+    o = torch.randn(n, r, h, w)
+    w2, w3, w4 = block_weights(r, cout, parallel)
+    y, idx = torch.ops.snnops.tt_block(o, w2, w3, w4, parallel, schedule, pool)
+    ref, ref_idx = reference.tt_block(o, w2, w3, w4, parallel, schedule, pool)
+    close(y, ref)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    if pool:
+        assert torch.equal(idx, ref_idx)
+    g = torch.randn_like(ref)
+    ours = torch.ops.snnops.tt_block_bwd(g, o, w2, w3, w4, idx, parallel, schedule, pool, [True] * 4)
+    want = reference.tt_block_bwd(g, o, w2, w3, w4, ref_idx, parallel, schedule, pool, [True] * 4)
+    for a, b in zip(ours, want):
+        close(a, b)
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_tt_block_bands_of_a_large_image(cpu_isa, parallel):
+    # Batch 1 and a tall image: the kernel splits it into bands of rows with halos.
+    o = torch.randn(1, 6, 41, 13)
+    w2, w3, w4 = block_weights(6, 10, parallel)
+    for pool in (False, True):
+        y, idx = torch.ops.snnops.tt_block(o, w2, w3, w4, parallel, [], pool)
+        ref, ref_idx = reference.tt_block(o, w2, w3, w4, parallel, [], pool)
+        close(y, ref)
+        g = torch.randn_like(ref)
+        ours = torch.ops.snnops.tt_block_bwd(g, o, w2, w3, w4, idx, parallel, [], pool, [True] * 4)
+        want = reference.tt_block_bwd(g, o, w2, w3, w4, ref_idx, parallel, [], pool, [True] * 4)
+        for a, b in zip(ours, want):
+            close(a, b)
+
+
+def test_tt_block_pool_ties_pick_the_first_maximum(cpu_isa):
+    # All-zero input: every pool window is a four-way tie; the gradient must go to the
+    # window's first element exactly as F.max_pool2d sends it.
+    o = torch.zeros(2, 4, 6, 6)
+    w2, w3, w4 = block_weights(4, 5, True)
+    y, idx = torch.ops.snnops.tt_block(o, w2, w3, w4, True, [], True)
+    ref, ref_idx = reference.tt_block(o, w2, w3, w4, True, [], True)
+    assert torch.equal(idx, ref_idx) and int(idx.max()) == 0
+    assert torch.equal(y, ref)
+
+
+def test_tt_block_masks_and_empty():
+    o = torch.randn(2, 4, 5, 5)
+    w2, w3, w4 = block_weights(4, 6, True)
+    g = torch.randn(2, 6, 5, 5)
+    go, g2, g3, g4 = torch.ops.snnops.tt_block_bwd(g, o, w2, w3, w4, torch.empty(0, dtype=torch.uint8), True, [],
+                                                   False, [False, False, False, True])
+    assert go.numel() == g2.numel() == g3.numel() == 0
+    close(g4, reference.tt_block_bwd(g, o, w2, w3, w4, None, True, [], False, [False, False, False, True])[3])
+    y, idx = torch.ops.snnops.tt_block(o[:0], w2, w3, w4, True, [], True)
+    assert y.shape == (0, 6, 2, 2) and idx.shape == (0, 6, 2, 2)
+
+
+@pytest.mark.parametrize("parallel,schedule,pool", BLOCK_CASES, ids=lambda v: str(v))
+def test_tt_block_gradcheck(parallel, schedule, pool):
+    o = torch.randn(4, 2, 4, 5, **F64, requires_grad=True)
+    ws = [w.requires_grad_() for w in block_weights(2, 3, parallel, torch.float64)]
+
+    def fn(o, w2, w3, w4):
+        return torch.ops.snnops.tt_block(o, w2, w3, w4, parallel, schedule, pool)[0]
+
+    assert torch.autograd.gradcheck(fn, (o, *ws))
+
+
+def test_tt_block_bad_input():
+    o = torch.randn(4, 3, 5, 5)
+    w2, w3, w4 = block_weights(3, 6, True)
+    with pytest.raises(ValueError, match="not a whole number"):
+        tt_block_fn(o, w2, w3, w4, schedule=[True, False, True])
+    with pytest.raises(ValueError, match="half steps need the parallel form"):
+        s2, s3, s4 = block_weights(3, 6, False)
+        tt_block_fn(o, s2, s3, s4, parallel=False, schedule=[True, False])
+    with pytest.raises(ValueError, match=r"w4 must be \[Cout, 3, 1, 1\]"):
+        tt_block_fn(o, w2, w3, torch.randn(6, 4, 1, 1))
+    with pytest.raises(RuntimeError, match="w4 must be"):
+        torch.ops.snnops.tt_block(o, w2, w3, torch.randn(6, 4, 1, 1), True, [], False)
+
+
+# ----------------------------------------------------------------------- the layer on the kernels
+
+@pytest.mark.parametrize("mode,kw", [("stt", {}), ("ptt", {"pool": True}), ("htt", {"schedule": "FHHF"}),
+                                     ("htt", {"timesteps": 3})])
+def test_layer_fused_equals_reference_backend(cpu_isa, mode, kw):
+    rank = (4, 6, 5) if mode == "stt" else 5
+    torch.manual_seed(3)
+    fused = TTConv2d(12, 10, rank, mode, bias=True, **kw)
+    plain = TTConv2d(12, 10, rank, mode, bias=True, backend="reference", **kw)
+    plain.load_state_dict(fused.state_dict())
+    steps = kw.get("timesteps") or len(kw.get("schedule", "FFHH"))
+    x = (torch.rand(steps, 2, 12, 7, 9) < 0.3).float().requires_grad_()
+    y, y_ref = fused(x), plain(x)
+    close(y, y_ref)
+    g = torch.randn_like(y)
+    ours = torch.autograd.grad(y, [x, *fused.parameters()], g)
+    want = torch.autograd.grad(y_ref, [x, *plain.parameters()], g)
+    for a, b in zip(ours, want):
+        close(a, b)
+
+
+# ----------------------------------------------------------------------- opcheck samples
+
+def opcheck_samples():
+    torch.manual_seed(0)
+    r = 3
+    o = torch.randn(2, r, 4, 5)
+    w2, w3 = ptt_weights(r)
+    yield "ptt_conv", (o.requires_grad_(), w2.requires_grad_(), w3.requires_grad_()), {}
+    yield "ptt_conv", (o.detach().contiguous(memory_format=torch.channels_last), w2.detach(), w3.detach()), {}
+    yield "ptt_conv_bwd", (torch.randn(2, r, 4, 5), o.detach(), w2.detach(), w3.detach(), [True, True, False]), {}
+    for parallel, schedule, pool in BLOCK_CASES:
+        o = torch.randn(4, r, 5, 4)
+        b2, b3, b4 = block_weights(r, 5, parallel)
+        yield ("tt_block", (o.requires_grad_(), b2.requires_grad_(), b3.requires_grad_(), b4.requires_grad_(),
+                            parallel, schedule, pool), {})
+    o = torch.randn(4, r, 5, 4)
+    b2, b3, b4 = block_weights(r, 5, True)
+    _, idx = torch.ops.snnops.tt_block(o, b2, b3, b4, True, [True, False], True)
+    yield ("tt_block_bwd", (torch.randn(4, 5, 2, 2), o, b2, b3, b4, idx, True, [True, False], True,
+                            [True, True, True, True]), {})
+    yield ("tt_block_bwd", (torch.randn(4, 5, 5, 4), o, b2, b3, b4, torch.empty(0, dtype=torch.uint8), True, [],
+                            False, [True, False, False, True]), {})
