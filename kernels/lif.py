@@ -171,7 +171,7 @@ def _saves_bits(surrogate, detach_reset):
 
 
 def lif_fwd(x, v, decay, input_scale, v_threshold, v_reset, surrogate, alpha, detach_reset,
-            return_membrane, save_for_backward):
+            return_membrane, save_for_backward, pack_dim=None):
     steps = x.shape[0]
     n = x[0].numel() if steps else math.prod(x.shape[1:])
     words = (n + 31) // 32
@@ -195,7 +195,13 @@ def lif_fwd(x, v, decay, input_scale, v_threshold, v_reset, surrogate, alpha, de
             float((1.0 - decay) * (v_reset or 0.0)), float(v_threshold), float(v_reset or 0.0),
             float(alpha / 2), HAS_V0=v0 is not None, HARD=hard, STORE_MEM=return_membrane,
             SAVE_BITS=bits, BLOCK=BLOCK)
-    return spikes.to(x.dtype), v_last.to(x.dtype), membrane.to(x.dtype), saved
+    if pack_dim is not None:
+        # packed along a feature dim: the spike-packing kernel on the fresh spikes
+        from .spike_gemm import pack_spikes
+        packed = pack_spikes(spikes, pack_dim)
+    else:
+        packed = torch.empty(0, dtype=torch.int32, device=x.device)
+    return spikes.to(x.dtype), v_last.to(x.dtype), membrane.to(x.dtype), saved, packed
 
 
 def lif_bwd(grad_spikes, grad_v_last, grad_membrane, x, v, saved, shape, dtype, has_v, decay,

@@ -168,9 +168,41 @@ def test_saved_state_size(surrogate, detach, v_reset, bits):
     assert saved_bits_per_neuron_step(surrogate, detach, v_reset is not None) == bits
 
 
+@pytest.mark.parametrize("shape,dim", [((4, 3, 70), 2), ((4, 3, 70), -1), ((3, 2, 40, 5, 3), 2),
+                                       ((3, 2, 33, 4), 1), ((2, 5, 64), 2), ((2, 0, 8), 2)])
+def test_packed_spikes_output(cpu_isa, shape, dim):
+    x = (torch.randn(shape) * 0.8).requires_grad_()
+    s, v, packed = snnops.lif(x, decay=0.25, v_threshold=0.5, surrogate="rect", detach_reset=True, pack_dim=dim)
+    assert packed.dtype == torch.int32
+    assert torch.equal(packed, reference.pack_spikes(s.detach(), dim))
+    s2, v2 = snnops.lif(x, decay=0.25, v_threshold=0.5, surrogate="rect", detach_reset=True)
+    assert torch.equal(s, s2) and torch.equal(v, v2)
+    s.sum().backward()  # the packed output does not break autograd of the float spikes
+    assert x.grad.shape == x.shape
+
+
+def test_packed_spikes_feed_a_spike_layer():
+    x = (torch.randn(3, 4, 40) * 0.8).requires_grad_()
+    w = torch.randn(7, 40, requires_grad=True)
+    s, _, packed = snnops.lif(x, decay=0.25, v_threshold=0.5, surrogate="rect", detach_reset=True, pack_dim=-1)
+    y = snnops.spike_linear(packed, w, spikes_float=s)
+    torch.testing.assert_close(y, s @ w.t())
+    gx_packed, gw_packed = torch.autograd.grad(y.square().sum(), [x, w])
+    s2, _ = snnops.lif(x, decay=0.25, v_threshold=0.5, surrogate="rect", detach_reset=True)
+    gx, gw = torch.autograd.grad((s2 @ w.t()).square().sum(), [x, w])
+    torch.testing.assert_close(gx_packed, gx)
+    torch.testing.assert_close(gw_packed, gw)
+
+
+@pytest.mark.parametrize("dim", [0, 3, -3, 1.5])
+def test_bad_pack_dim(dim):
+    with pytest.raises(ValueError, match="pack_dim"):
+        snnops.lif(torch.randn(3, 4, 5), pack_dim=dim)
+
+
 def test_no_saved_state_without_grad():
     x = torch.randn(4, 100)
-    out = torch.ops.snnops.lif_fwd(x, None, 0.25, 1.0, 0.5, 0.0, 0, 1.0, True, False, False)
+    out = torch.ops.snnops.lif_fwd(x, None, 0.25, 1.0, 0.5, 0.0, 0, 1.0, True, False, False, None)
     assert out[3].numel() == 0
 
 
@@ -214,6 +246,13 @@ def test_module_keeps_state_until_reset():
     assert torch.equal(m(x1), s1)
     with pytest.raises(ValueError, match="reset"):
         m(torch.randn(3, 5, 7))
+
+
+def test_module_packed_output():
+    m = snnops.nn.LIF(decay=0.25, v_threshold=0.5, surrogate="rect", detach_reset=True, pack_dim=2)
+    x = torch.randn(2, 3, 40, 4, 4)
+    spikes, packed = m(x)
+    assert torch.equal(packed, reference.pack_spikes(spikes, 2))
 
 
 def test_spikingjelly_defaults_and_forms():
@@ -321,9 +360,12 @@ def opcheck_samples():
     for (sg, detach, v_reset, with_v, membrane) in itertools.product(
             [0, 2], [True, False], [0.0, None], [False, True], [False, True]):
         args = (x.clone().requires_grad_(), v.clone().requires_grad_() if with_v else None,
-                0.25, 1.0, 0.5, v_reset, sg, 1.0, detach, membrane, True)
+                0.25, 1.0, 0.5, v_reset, sg, 1.0, detach, membrane, True, None)
         yield "lif_fwd", args, {}
-    saved = torch.ops.snnops.lif_fwd(x, None, 0.25, 1.0, 0.5, 0.0, 0, 1.0, True, False, True)[3]
+    for pack_dim in (1, 2):
+        yield "lif_fwd", (x.clone().requires_grad_(), None, 0.25, 1.0, 0.5, 0.0, 0, 1.0, True, False, True,
+                          pack_dim), {}
+    saved = torch.ops.snnops.lif_fwd(x, None, 0.25, 1.0, 0.5, 0.0, 0, 1.0, True, False, True, None)[3]
     yield "lif_bwd", (torch.randn_like(x), torch.randn(3, 37), None, None, None, saved, [4, 3, 37],
                       torch.float32, False, 0.25, 1.0, 0.5, 0.0, 0, 1.0, True), {}
     yield "lif_bwd", (torch.randn_like(x), None, torch.randn_like(x), x, v, torch.empty(0, dtype=torch.int32),

@@ -19,8 +19,8 @@ def test_triton_lif_matches_reference(surrogate, detach, v_reset):
     x = torch.randn(steps, *shape) * 0.8
     v = torch.randn(shape) * 0.3
     params = (0.25, 1.0, 0.5, v_reset, surrogate, 1.0 if surrogate == 0 else 2.0, detach)
-    ours = triton_lif.lif_fwd(x, v, *params, True, True)
-    ref = reference.lif_fwd(x, v, *params, True, True)
+    ours = triton_lif.lif_fwd(x, v, *params, True, True, None)
+    ref = reference.lif_fwd(x, v, *params, True, True, None)
     for a, b in zip(ours, ref):
         assert a.dtype == b.dtype and a.shape == b.shape
         assert torch.equal(a, b)
@@ -38,8 +38,8 @@ def test_triton_lif_matches_reference(surrogate, detach, v_reset):
 def test_triton_lif_without_state_and_optional_grads():
     x = torch.randn(3, 70) * 0.8
     params = (0.5, 0.5, 1.0, 0.0, 3, 4.0, False)
-    s, vl, m, saved = triton_lif.lif_fwd(x, None, *params, False, True)
-    rs, rvl, rm, rsaved = reference.lif_fwd(x, None, *params, False, True)
+    s, vl, m, saved, _ = triton_lif.lif_fwd(x, None, *params, False, True, None)
+    rs, rvl, rm, rsaved, _ = reference.lif_fwd(x, None, *params, False, True, None)
     assert torch.equal(s, rs) and torch.equal(vl, rvl) and m.numel() == 0 and saved.numel() == 0
     gx, gv = triton_lif.lif_bwd(torch.randn_like(x), None, None, x, None, saved, [3, 70], torch.float32,
                                 False, *params)
@@ -48,6 +48,13 @@ def test_triton_lif_without_state_and_optional_grads():
 
 def test_triton_lif_half_input():
     x = (torch.randn(4, 64) * 0.8).half()
-    s, vl, _, _ = triton_lif.lif_fwd(x, None, 0.25, 1.0, 0.5, 0.0, 0, 1.0, True, False, False)
-    rs, rvl, _, _ = reference.lif_fwd(x, None, 0.25, 1.0, 0.5, 0.0, 0, 1.0, True, False, False)
+    s, vl, _, _, _ = triton_lif.lif_fwd(x, None, 0.25, 1.0, 0.5, 0.0, 0, 1.0, True, False, False, None)
+    rs, rvl, _, _, _ = reference.lif_fwd(x, None, 0.25, 1.0, 0.5, 0.0, 0, 1.0, True, False, False, None)
     assert s.dtype == torch.float16 and torch.equal(s, rs) and torch.equal(vl, rvl)
+
+
+def test_triton_lif_packed_output():
+    x = torch.randn(3, 2, 40, 5) * 0.8
+    out = triton_lif.lif_fwd(x, None, 0.25, 1.0, 0.5, 0.0, 0, 1.0, True, False, False, 2)
+    ref = reference.lif_fwd(x, None, 0.25, 1.0, 0.5, 0.0, 0, 1.0, True, False, False, 2)
+    assert out[4].shape == (3, 2, 5, 2) and torch.equal(out[4], ref[4])

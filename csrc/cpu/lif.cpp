@@ -19,10 +19,12 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <cmath>
 #include <vector>
 
 #include "cpu/simd.h"
+#include "cpu/spike_pack.h"
 
 namespace snnops {
 namespace {
@@ -407,6 +409,43 @@ SNN_AVX2 void bwd_recompute_avx2(const LifParams& p, const float* x, const float
 }
 #endif  // SNN_HAVE_AVX2
 
+// ---------------------------------------------------------------- packed spikes
+// Pack the spikes just written along feature dim `dim` (1..ndim-1) into the layout of
+// cpu/spike_pack.h: [T, outer..., inner..., ceil(K/32)]. Rows are packed while the
+// spikes of the step are still in cache from the forward's last pass, in parallel
+// over (t, outer) rows. The spikes are 0/1 by construction, so no value can fail.
+template <typename T>
+void pack_spikes_into(const T* spk, int64_t rows, int64_t K, int64_t inner, uint32_t* out) {
+  const int64_t W = spike_pack::packed_words(K);
+  const bool avx2 = use_avx2();
+  at::parallel_for(0, rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, K * inner)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* src = spk + r * K * inner;
+      uint32_t* dst = out + r * inner * W;
+#if SNN_HAVE_AVX2
+      if constexpr (std::is_same_v<T, float>) {
+        if (avx2) {
+          if (inner == 1) spike_pack::pack_row_f32(src, K, dst);
+          else spike_pack::pack_columns_f32(src, K, inner, inner, dst, W);
+          continue;
+        }
+      }
+#endif
+      (void)avx2;
+      if (inner == 1) spike_pack::pack_row<T>(src, K, dst);
+      else spike_pack::pack_columns<T>(src, K, inner, inner, dst, W);
+    }
+  });
+}
+
+std::vector<int64_t> packed_shape(at::IntArrayRef shape, int64_t dim) {
+  std::vector<int64_t> out;
+  for (int64_t d = 0; d < (int64_t)shape.size(); ++d)
+    if (d != dim) out.push_back(shape[d]);
+  out.push_back(spike_pack::packed_words(shape[dim]));
+  return out;
+}
+
 // ---------------------------------------------------------------- ATen entry points
 LifParams make_params(double decay, double input_scale, double v_threshold,
                       std::optional<double> v_reset, int64_t surrogate, double alpha,
@@ -448,11 +487,16 @@ void check_input(const at::Tensor& x) {
 // saved word), enough work per task to amortize the thread wake-up.
 int64_t group_grain(int64_t steps) { return std::max<int64_t>(1, 16384 / (64 * std::max<int64_t>(steps, 1))); }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_fwd_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_fwd_cpu(
     const at::Tensor& x_in, const std::optional<at::Tensor>& v0_in, double decay,
     double input_scale, double v_threshold, std::optional<double> v_reset, int64_t surrogate,
-    double alpha, bool detach_reset, bool return_membrane, bool save_for_backward) {
+    double alpha, bool detach_reset, bool return_membrane, bool save_for_backward,
+    std::optional<int64_t> pack_dim) {
   check_input(x_in);
+  if (pack_dim.has_value()) {
+    TORCH_CHECK(*pack_dim >= 1 && *pack_dim < x_in.dim(),
+                "snnops.lif: pack_dim must name a non-time dimension (1..", x_in.dim() - 1, "), got ", *pack_dim);
+  }
   const LifParams p = make_params(decay, input_scale, v_threshold, v_reset, surrogate, alpha, detach_reset);
   const auto out_type = x_in.scalar_type();
   const auto ct = compute_type(out_type);
@@ -503,12 +547,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_fwd_cpu(
       fwd_generic<double>(p, xp, vp, sp, vl, mp, bp, steps, N, g0 * 64, std::min(N, g1 * 64));
     });
   }
+  at::Tensor packed = at::empty({0}, x.options().dtype(at::kInt));
+  if (pack_dim.has_value()) {
+    const int64_t d = *pack_dim;
+    packed = at::empty(packed_shape(x.sizes(), d), x.options().dtype(at::kInt));
+    const int64_t K = x.size(d);
+    const int64_t inner = c10::multiply_integers(x.sizes().slice(d + 1));
+    const int64_t rows = c10::multiply_integers(x.sizes().slice(0, d));
+    if (packed.numel() > 0 && K > 0) {
+      uint32_t* out = reinterpret_cast<uint32_t*>(packed.data_ptr<int32_t>());
+      if (ct == at::kFloat) pack_spikes_into<float>(spikes.data_ptr<float>(), rows, K, inner, out);
+      else pack_spikes_into<double>(spikes.data_ptr<double>(), rows, K, inner, out);
+    }
+  }
   if (out_type != ct) {
     spikes = spikes.to(out_type);
     v_last = v_last.to(out_type);
     membrane = membrane.to(out_type);
   }
-  return {spikes, v_last, membrane, saved};
+  return {spikes, v_last, membrane, saved, packed};
 }
 
 at::Tensor grad_or_undefined(const std::optional<at::Tensor>& g, at::ScalarType ct) {

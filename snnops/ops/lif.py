@@ -25,8 +25,8 @@ _PARAMS = ("float decay, float input_scale, float v_threshold, float? v_reset, i
            "float alpha, bool detach_reset")
 
 define(
-    f"lif_fwd(Tensor x, Tensor? v, {_PARAMS}, bool return_membrane, bool save_for_backward)"
-    " -> (Tensor spikes, Tensor v_last, Tensor membrane, Tensor saved)",
+    f"lif_fwd(Tensor x, Tensor? v, {_PARAMS}, bool return_membrane, bool save_for_backward, int? pack_dim)"
+    " -> (Tensor spikes, Tensor v_last, Tensor membrane, Tensor saved, Tensor packed)",
     cpu_reference=reference.lif_fwd, cuda_kernel=_triton_fwd)
 define(
     "lif_bwd(Tensor? grad_spikes, Tensor? grad_v_last, Tensor? grad_membrane, Tensor? x, Tensor? v,"
@@ -52,7 +52,7 @@ def saved_bits_per_neuron_step(surrogate, detach_reset: bool, hard_reset: bool,
 
 @torch.library.register_fake("snnops::lif_fwd")
 def _lif_fwd_fake(x, v, decay, input_scale, v_threshold, v_reset, surrogate, alpha, detach_reset,
-                  return_membrane, save_for_backward):
+                  return_membrane, save_for_backward, pack_dim):
     spikes = torch.empty_like(x, memory_format=torch.contiguous_format)
     v_last = x.new_empty(x.shape[1:])
     membrane = torch.empty_like(spikes) if return_membrane else x.new_empty(0)
@@ -64,7 +64,13 @@ def _lif_fwd_fake(x, v, decay, input_scale, v_threshold, v_reset, surrogate, alp
         saved = x.new_empty((planes, x.shape[0], (n + 31) // 32), dtype=torch.int32)
     else:
         saved = x.new_empty(0, dtype=torch.int32)
-    return spikes, v_last, membrane, saved
+    if pack_dim is not None:
+        torch._check(1 <= pack_dim < x.dim(), lambda: f"snnops.lif: pack_dim must name a non-time dimension, got {pack_dim}")
+        shape = [s for d, s in enumerate(x.shape) if d != pack_dim] + [(x.shape[pack_dim] + 31) // 32]
+        packed = x.new_empty(shape, dtype=torch.int32)
+    else:
+        packed = x.new_empty(0, dtype=torch.int32)
+    return spikes, v_last, membrane, saved, packed
 
 
 @torch.library.register_fake("snnops::lif_bwd")
@@ -79,7 +85,7 @@ def _lif_bwd_fake(grad_spikes, grad_v_last, grad_membrane, x, v, saved, shape, d
 
 def _setup_context(ctx, inputs, output):
     (x, v, decay, input_scale, v_threshold, v_reset, surrogate, alpha, detach_reset,
-     return_membrane, save_for_backward) = inputs
+     return_membrane, save_for_backward, pack_dim) = inputs
     saved = output[3]
     ctx.params = (decay, input_scale, v_threshold, v_reset, surrogate, alpha, detach_reset)
     ctx.shape = x.shape
@@ -94,7 +100,7 @@ def _setup_context(ctx, inputs, output):
     ctx.save_ok = save_for_backward
 
 
-def _backward(ctx, grad_spikes, grad_v_last, grad_membrane, grad_saved):
+def _backward(ctx, grad_spikes, grad_v_last, grad_membrane, grad_saved, grad_packed):
     if not ctx.save_ok:
         raise RuntimeError("snnops.lif_fwd was called with save_for_backward=False; it cannot be differentiated")
     if ctx.bits:
@@ -105,7 +111,7 @@ def _backward(ctx, grad_spikes, grad_v_last, grad_membrane, grad_saved):
     grad_x, grad_v = torch.ops.snnops.lif_bwd(
         grad_spikes, grad_v_last, grad_membrane, x, v, saved, list(ctx.shape), ctx.dtype, ctx.has_v,
         *ctx.params)
-    return grad_x, (grad_v if ctx.has_v else None), None, None, None, None, None, None, None, None, None
+    return grad_x, (grad_v if ctx.has_v else None), None, None, None, None, None, None, None, None, None, None
 
 
 torch.library.register_autograd("snnops::lif_fwd", _backward, setup_context=_setup_context)
@@ -167,7 +173,7 @@ def check_lif_input(x_seq, v):
 def lif(x_seq: torch.Tensor, v: Optional[torch.Tensor] = None, *, tau: Optional[float] = None,
         decay_input: bool = True, v_threshold: float = 1.0, v_reset: Optional[float] = 0.0,
         detach_reset: bool = False, decay: Optional[float] = None, surrogate="sigmoid",
-        return_membrane: bool = False):
+        return_membrane: bool = False, pack_dim: Optional[int] = None):
     """Multi-timestep leaky integrate-and-fire neuron, fused over time.
 
     Args:
@@ -181,19 +187,32 @@ def lif(x_seq: torch.Tensor, v: Optional[torch.Tensor] = None, *, tau: Optional[
             towards ``v_reset``; 0.25 in TT-SNN / Joint A-SNN, 0.2 in LitE-SNN).
         surrogate: a name (``snnops.surrogate.names()``) or a ``snnops.surrogate`` object.
         return_membrane: also return the membrane after each step's reset.
+        pack_dim: also return the spikes bit-packed along this feature dimension of
+            ``x_seq`` (e.g. 2 for ``[T, B, C, H, W]``, -1 for ``[T, B, F]``), in the
+            layout of :func:`snnops.pack_spikes` (the dim moves last as int32 words), for
+            a following spike layer: ``snnops.spike_conv1x1(packed, w, spikes_float=spikes)``
+            reads only the bits and sends its gradient into the float spikes.
 
-    A neuron fires when ``h >= v_threshold``. Returns ``(spike_seq, v_last)`` or
-    ``(spike_seq, v_last, membrane_seq)``; spikes have the dtype of ``x_seq``
-    (float16/bfloat16 compute in float32).
+    A neuron fires when ``h >= v_threshold``. Returns ``(spike_seq, v_last)``, plus
+    ``membrane_seq`` with ``return_membrane``, plus ``packed`` with ``pack_dim`` (last);
+    spikes have the dtype of ``x_seq`` (float16/bfloat16 compute in float32).
     """
     check_lif_input(x_seq, v)
     decay, input_scale, v_threshold, v_reset, sg, detach_reset = resolve_params(
         tau=tau, decay_input=decay_input, v_threshold=v_threshold, v_reset=v_reset,
         detach_reset=detach_reset, decay=decay, surrogate=surrogate)
+    if pack_dim is not None:
+        if not isinstance(pack_dim, int) or not (-x_seq.dim() < pack_dim < x_seq.dim()) or pack_dim % x_seq.dim() == 0:
+            raise ValueError(f"snnops.lif: pack_dim must name a non-time dimension of x_seq "
+                             f"(shape {tuple(x_seq.shape)}), got {pack_dim!r}")
+        pack_dim = pack_dim % x_seq.dim()
     need_grad = torch.is_grad_enabled() and (x_seq.requires_grad or (v is not None and v.requires_grad))
-    spikes, v_last, membrane, _ = torch.ops.snnops.lif_fwd(
+    spikes, v_last, membrane, _, packed = torch.ops.snnops.lif_fwd(
         x_seq, v, decay, input_scale, v_threshold, v_reset, sg.kind, sg.alpha, detach_reset,
-        return_membrane, need_grad)
+        return_membrane, need_grad, pack_dim)
+    out = (spikes, v_last)
     if return_membrane:
-        return spikes, v_last, membrane
-    return spikes, v_last
+        out = out + (membrane,)
+    if pack_dim is not None:
+        out = out + (packed,)
+    return out

@@ -92,7 +92,7 @@ def _surrogate_from_kind(kind: int, alpha: float):
 
 
 def lif_fwd(x, v, decay, input_scale, v_threshold, v_reset, surrogate, alpha, detach_reset,
-            return_membrane, save_for_backward):
+            return_membrane, save_for_backward, pack_dim=None):
     sg = _surrogate_from_kind(surrogate, alpha)
     with torch.no_grad():
         spikes, v_last, membrane = lif(
@@ -116,7 +116,12 @@ def lif_fwd(x, v, decay, input_scale, v_threshold, v_reset, surrogate, alpha, de
             saved = torch.empty(0, dtype=torch.int32, device=x.device)
     if not return_membrane:
         membrane = torch.empty(0, dtype=x.dtype, device=x.device)
-    return spikes, v_last, membrane, saved
+    if pack_dim is not None:
+        from .spike_gemm import pack_spikes
+        packed = pack_spikes(spikes, pack_dim)
+    else:
+        packed = torch.empty(0, dtype=torch.int32, device=x.device)
+    return spikes, v_last, membrane, saved, packed
 
 
 def lif_bwd(grad_spikes, grad_v_last, grad_membrane, x, v, saved, shape, dtype, has_v, decay,
