@@ -6,6 +6,7 @@ kernels for torch.compile, autograd); the functions here are their public forms.
 from . import _native
 from . import surrogate
 from .ops import backends, lif
+from .ops.spike_gemm import QuantizedWeight, lowbit_weight, pack_spikes, quantize_weight, spike_conv1x1, spike_linear, spike_linear_lowbit, unpack_spikes
 from . import nn
 from . import tt
 from .ops.tt_conv import ptt_conv, tt_conv

@@ -1,5 +1,6 @@
 """Modules built on snnops operators."""
 from .lif import LIF
+from .spike_linear import SpikeConv1x1, SpikeLinear
 from .tt_conv import MergedTTConv2d, TTConv2d
 
 __all__ = ["LIF"]

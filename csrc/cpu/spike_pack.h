@@ -1,0 +1,194 @@
+// Bit-packed spikes: the layout and the inline routines that produce and read it.
+//
+// Layout (shared by every op that reads or writes packed spikes):
+//   Packing a tensor along its feature dimension `dim` of size K moves that dim
+//   LAST and replaces it by W = ceil(K/32) 32-bit words. Feature k is bit (k % 32)
+//   of word (k / 32), least significant bit first; the unused high bits of the last
+//   word are 0. [M, K] -> [M, W]; an NCHW [N, C, H, W] packed along dim 1 ->
+//   [N, H, W, W_C] (one packed row per position, what a 1x1 conv reads); a LIF
+//   output [T, B, C, H, W] packed along dim 2 -> [T, B, H, W, W_C].
+//   Words are stored in int32 tensors; the routines here see them as uint32_t.
+//
+// Two source layouts cover every case after a reshape (no copies):
+//   row:     the K features of one position are contiguous        -> pack_row
+//   columns: x[k * k_stride + i] for positions i = 0..n-1 contiguous -> pack_columns
+//            (NCHW along C: k_stride = H*W; LIF [T,B,C,H,W] along C per (t,b)).
+// Both write every output word exactly once (no read-modify-write), so threads
+// that own disjoint positions, or disjoint groups of 32 features, never race.
+//
+// Every routine checks that each value is exactly 0 or 1 (-0.0 counts as 0; NaN
+// and anything else is rejected) and returns the offset of the first bad value in
+// its block (row: feature index k; columns: k * n + i), or -1 when all are binary.
+// (Which bad value is reported when there are several is unspecified.)
+//
+// For the LIF kernel: after a block of spikes has been computed and stored as
+// float 0/1 (so the values are binary by construction), call pack_columns_f32 (or
+// pack_row_f32 when the feature dim is last) on that block while it is still in
+// cache. This header includes no torch headers.
+#pragma once
+
+#include <cstdint>
+
+#include "cpu/simd.h"
+
+namespace snnops {
+namespace spike_pack {
+
+constexpr int64_t kWordBits = 32;
+
+inline int64_t packed_words(int64_t features) { return (features + kWordBits - 1) / kWordBits; }
+
+// 1 for 1, 0 for 0, -1 for anything else (works for float, double, integers, bool).
+template <typename T>
+inline int bit_of(T v) {
+  if (v == T(0)) return 0;
+  if (v == T(1)) return 1;
+  return -1;
+}
+
+// ------------------------------------------------------------------ portable
+
+// x[0..K) -> words[0..ceil(K/32)).
+template <typename T>
+inline int64_t pack_row(const T* x, int64_t K, uint32_t* words) {
+  const int64_t nw = packed_words(K);
+  for (int64_t w = 0; w < nw; ++w) {
+    const int64_t k0 = w * kWordBits;
+    const int64_t k1 = k0 + kWordBits < K ? k0 + kWordBits : K;
+    uint32_t word = 0;
+    for (int64_t k = k0; k < k1; ++k) {
+      const int b = bit_of(x[k]);
+      if (b < 0) return k;
+      word |= (uint32_t)b << (k - k0);
+    }
+    words[w] = word;
+  }
+  return -1;
+}
+
+// x[k * k_stride + i] (k < K, i < n) -> out[i * out_stride + w] for w < ceil(K/32).
+template <typename T>
+inline int64_t pack_columns(const T* x, int64_t K, int64_t k_stride, int64_t n, uint32_t* out,
+                            int64_t out_stride) {
+  const int64_t nw = packed_words(K);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t w = 0; w < nw; ++w) {
+      const int64_t k0 = w * kWordBits;
+      const int64_t k1 = k0 + kWordBits < K ? k0 + kWordBits : K;
+      uint32_t word = 0;
+      for (int64_t k = k0; k < k1; ++k) {
+        const int b = bit_of(x[k * k_stride + i]);
+        if (b < 0) return k * n + i;
+        word |= (uint32_t)b << (k - k0);
+      }
+      out[i * out_stride + w] = word;
+    }
+  }
+  return -1;
+}
+
+// Inverse of pack_row: words -> x[0..K) as T(0) / T(1).
+template <typename T>
+inline void unpack_row(const uint32_t* words, int64_t K, T* x) {
+  for (int64_t k = 0; k < K; ++k) x[k] = ((words[k >> 5] >> (k & 31)) & 1u) ? T(1) : T(0);
+}
+
+// Inverse of pack_columns.
+template <typename T>
+inline void unpack_columns(const uint32_t* in, int64_t in_stride, int64_t K, int64_t k_stride,
+                           int64_t n, T* x) {
+  for (int64_t k = 0; k < K; ++k) {
+    const int64_t w = k >> 5;
+    const int sh = (int)(k & 31);
+    for (int64_t i = 0; i < n; ++i) x[k * k_stride + i] = ((in[i * in_stride + w] >> sh) & 1u) ? T(1) : T(0);
+  }
+}
+
+#if SNN_HAVE_AVX2
+// ------------------------------------------------------------------ AVX2, float32
+
+// Lanes of v that are neither 0 nor 1, as a movemask.
+SNN_AVX2 static inline int nonbinary_lanes(__m256 v) {
+  const __m256 ok = _mm256_or_ps(_mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_EQ_OQ),
+                                 _mm256_cmp_ps(v, _mm256_set1_ps(1.0f), _CMP_EQ_OQ));
+  return _mm256_movemask_ps(ok) ^ 0xFF;
+}
+
+SNN_AVX2 static inline int64_t pack_row_f32(const float* x, int64_t K, uint32_t* words) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  const int64_t full = K / kWordBits;
+  int bad = 0;
+  for (int64_t w = 0; w < full; ++w) {
+    const float* p = x + w * kWordBits;
+    uint32_t word = 0;
+    for (int j = 0; j < 4; ++j) {
+      const __m256 v = _mm256_loadu_ps(p + 8 * j);
+      bad |= nonbinary_lanes(v);
+      word |= (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(v, one, _CMP_EQ_OQ)) << (8 * j);
+    }
+    words[w] = word;
+  }
+  if (bad) return pack_row<float>(x, full * kWordBits, words);  // find the first bad value
+  if (full * kWordBits < K) {
+    const int64_t r = pack_row<float>(x + full * kWordBits, K - full * kWordBits, words + full);
+    if (r >= 0) return full * kWordBits + r;
+  }
+  return -1;
+}
+
+// Eight positions at a time: lane i of the accumulator is the word of position i,
+// built by OR-ing (x == 1) & (1 << b) over the 32 features of the word.
+SNN_AVX2 static inline int64_t pack_columns_f32(const float* x, int64_t K, int64_t k_stride, int64_t n,
+                                                uint32_t* out, int64_t out_stride) {
+  const int64_t nw = packed_words(K);
+  const int64_t full = n / 8 * 8;
+  const __m256 one = _mm256_set1_ps(1.0f);
+  int bad = 0;
+  for (int64_t i = 0; i < full; i += 8) {
+    for (int64_t w = 0; w < nw; ++w) {
+      const int64_t k0 = w * kWordBits;
+      const int nb = (int)(k0 + kWordBits < K ? kWordBits : K - k0);
+      __m256i acc = _mm256_setzero_si256();
+      const float* p = x + k0 * k_stride + i;
+      for (int b = 0; b < nb; ++b) {
+        const __m256 v = _mm256_loadu_ps(p + b * k_stride);
+        bad |= nonbinary_lanes(v);
+        const __m256i m = _mm256_castps_si256(_mm256_cmp_ps(v, one, _CMP_EQ_OQ));
+        acc = _mm256_or_si256(acc, _mm256_and_si256(m, _mm256_set1_epi32((int)(1u << b))));
+      }
+      if (out_stride == 1 && nw == 1) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), acc);
+      } else {
+        alignas(32) uint32_t tmp[8];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(tmp), acc);
+        for (int j = 0; j < 8; ++j) out[(i + j) * out_stride + w] = tmp[j];
+      }
+    }
+  }
+  if (bad) {
+    const int64_t r = pack_columns<float>(x, K, k_stride, full, out, out_stride);
+    return (r / full) * n + r % full;
+  }
+  if (full < n) {
+    // The last positions: x + full is a [K, n - full] block with the same k_stride.
+    const int64_t r = pack_columns<float>(x + full, K, k_stride, n - full, out + full * out_stride, out_stride);
+    if (r >= 0) {
+      const int64_t k = r / (n - full), i = r % (n - full);
+      return k * n + full + i;
+    }
+  }
+  return -1;
+}
+
+SNN_AVX2 static inline void unpack_row_f32(const uint32_t* words, int64_t K, float* x) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  const int64_t full = K / 8;
+  const uint8_t* bytes = reinterpret_cast<const uint8_t*>(words);  // little-endian: byte j = features 8j..8j+7
+  for (int64_t j = 0; j < full; ++j) _mm256_storeu_ps(x + 8 * j, _mm256_and_ps(bits_to_mask(bytes[j]), one));
+  for (int64_t k = full * 8; k < K; ++k) x[k] = ((words[k >> 5] >> (k & 31)) & 1u) ? 1.0f : 0.0f;
+}
+
+#endif  // SNN_HAVE_AVX2
+
+}  // namespace spike_pack
+}  // namespace snnops
