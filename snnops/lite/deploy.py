@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .compconv import CompConv2d
+from .decode import FixedNetwork
 from .quant import gaussian_step, quantize_codes
 
 __all__ = ["deployment_available", "LowBitSpikeConv2d", "QuantizedFloatConv2d", "DeployedNetwork"]
@@ -163,5 +164,5 @@ class DeployedNetwork(torch.nn.Module):
     @torch.no_grad()
     def forward(self, x):
         self.net.eval()
-        out = self.net(x, with_aux=False) if "with_aux" in self.net.forward.__code__.co_varnames else self.net(x)
+        out = self.net(x, with_aux=False) if isinstance(self.net, FixedNetwork) else self.net(x)
         return out[0] if isinstance(out, tuple) else out
