@@ -22,8 +22,9 @@ TIGHT = dict(rtol=1e-10, atol=1e-10)
 
 
 def layer(mode, cin=6, cout=10, rank=None, **kw):
+    # real-valued test inputs: the float-G1 path (the spiking path is in test_tt_conv.py)
     rank = rank if rank is not None else ((3, 4, 5) if mode == "stt" else 4)
-    return TTConv2d(cin, cout, rank, mode, **kw).double()
+    return TTConv2d(cin, cout, rank, mode, spiking=False, **kw).double()
 
 
 # ----------------------------------------------------------------------- layer API
@@ -34,7 +35,7 @@ def test_layer_matches_reference_composition(mode, pool):
     m = layer(mode, pool=pool, bias=True)
     x = torch.randn(4, 2, 6, 7, 9, **F64)
     sched = default_schedule(4) if mode == "htt" else []
-    want = reference.tt_conv(x.flatten(0, 1), *m.cores(), parallel=mode != "stt", schedule=sched, pool=pool)
+    want = reference.tt_layer(x.flatten(0, 1), *m.cores(), parallel=mode != "stt", schedule=sched, pool=pool)
     want = want + m.bias.view(1, -1, 1, 1)
     y = m(x)
     assert y.shape == (4, 2, 10) + ((3, 4) if pool else (7, 9))
@@ -167,7 +168,7 @@ def test_tt_svd_full_rank_is_exact(cin, cout):
     conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False).double()
     with torch.no_grad():
         conv.weight.copy_(w)
-    tt = decompose(conv, max_ranks(cin, cout), "stt")
+    tt = decompose(conv, max_ranks(cin, cout), "stt", spiking=False)
     x = torch.randn(2, cin, 6, 5, **F64)
     torch.testing.assert_close(tt(x), conv(x), **TIGHT)
 
@@ -252,7 +253,7 @@ class _Net(nn.Module):
 
 def test_decompose_model_skips_stem_shortcuts_classifier():
     net = _Net().double()
-    tt = decompose_model(net, 4, "ptt")
+    tt = decompose_model(net, 4, "ptt", spiking=False)
     assert type(tt.stem) is nn.Conv2d and type(tt.fc) is nn.Linear
     assert type(tt.block1.shortcut) is nn.Conv2d and type(tt.block2.shortcut) is nn.Conv2d
     for b in (tt.block1, tt.block2):
@@ -265,7 +266,7 @@ def test_decompose_model_skips_stem_shortcuts_classifier():
 def test_decompose_model_full_rank_stt_is_exact_and_rank_maps():
     net = _Net().double()
     full = decompose_model(net, lambda name, conv: max_ranks(conv.in_channels, conv.out_channels), "stt",
-                           skip=["block2.conv1"])
+                           skip=["block2.conv1"], spiking=False)
     assert type(full.block2.conv1) is nn.Conv2d
     x = torch.randn(2, 3, 8, 8, **F64)
     torch.testing.assert_close(full(x), net(x), **TIGHT)
@@ -297,7 +298,7 @@ def test_counts_one_layer_by_hand():
 
 
 def test_counts_per_layer_in_a_model():
-    net = decompose_model(_Net(), 4, "htt", timesteps=2)
+    net = decompose_model(_Net(), 4, "htt", timesteps=2, spiking=False)
     c = count_params(net)
     assert c.total == sum(p.numel() for p in net.parameters())
     assert c.per_layer["block1.conv1"] == 4 * 8 + 6 * 16 + 4 * 8

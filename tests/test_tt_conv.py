@@ -1,4 +1,4 @@
-"""The fused TT convolution ops (ptt_conv, tt_block) against their F.conv2d references
+"""The fused TT convolution ops (ptt_conv, tt_block, tt_conv) against their F.conv2d references
 (snnops/reference/tt_conv.py), on both C++ code paths, and the Triton kernels under
 the interpreter.
 
@@ -7,6 +7,8 @@ another order than oneDNN's, so they differ by a few ulp of the largest partial 
 we compare with rtol 1e-4 and an atol of 1e-5 x the reference's largest magnitude.
 float64 (gradcheck and the exactness checks) is compared to 1e-10. Pool argmax codes
 are compared exactly (the kernels take the first maximum, as F.max_pool2d does).
+Spikes enter tt_conv bit-packed; its gradient for the float spikes is checked against
+the reference's in float64 (gradcheck cannot perturb 0/1 spikes and stay binary).
 """
 import pytest
 import torch
@@ -207,18 +209,96 @@ def test_tt_block_bad_input():
         torch.ops.snnops.tt_block(o, w2, w3, torch.randn(6, 4, 1, 1), True, [], False)
 
 
+# ----------------------------------------------------------------------- tt_conv (G1 from packed spikes)
+
+def spikes(*shape, dtype=torch.float32, density=0.3):
+    return (torch.rand(*shape) < density).to(dtype)
+
+
+@pytest.mark.parametrize("parallel,schedule,pool", BLOCK_CASES, ids=lambda v: str(v))
+@pytest.mark.parametrize("cin,r,cout,shape", [(3, 1, 2, (4, 5, 7)), (37, 8, 16, (4, 9, 9)), (64, 32, 24, (4, 8, 6)),
+                                              (33, 96, 20, (4, 4, 4))], ids=str)
+def test_tt_conv_matches_reference(cpu_isa, parallel, schedule, pool, cin, r, cout, shape):
+    n, h, w = shape
+    x = spikes(n, cin, h, w)
+    packed = snnops.pack_spikes(x, 1)
+    g1 = torch.randn(r, cin, 1, 1)
+    w2, w3, w4 = block_weights(r, cout, parallel)
+    y, idx = torch.ops.snnops.tt_conv(packed, x, g1, w2, w3, w4, parallel, schedule, pool)
+    ref, ref_idx = reference.tt_conv(packed, x, g1, w2, w3, w4, parallel, schedule, pool)
+    close(y, ref)
+    if pool:
+        assert torch.equal(idx, ref_idx)
+    g = torch.randn_like(ref)
+    ours = torch.ops.snnops.tt_conv_bwd(g, packed, g1, w2, w3, w4, idx, parallel, schedule, pool, [True] * 5)
+    want = reference.tt_conv_bwd(g, packed, g1, w2, w3, w4, ref_idx, parallel, schedule, pool, [True] * 5)
+    assert ours[0].is_contiguous()
+    for a, b in zip(ours, want):
+        close(a, b)
+
+
+@pytest.mark.parametrize("parallel,schedule,pool", BLOCK_CASES, ids=lambda v: str(v))
+def test_tt_conv_float64_gradients(cpu_isa, parallel, schedule, pool):
+    x = spikes(4, 5, 5, 6, dtype=torch.float64).requires_grad_()
+    packed = snnops.pack_spikes(x.detach(), 1)
+    g1 = torch.randn(3, 5, 1, 1, **F64, requires_grad=True)
+    ws = [w.requires_grad_() for w in block_weights(3, 4, parallel, torch.float64)]
+
+    def fused(g1, w2, w3, w4):
+        return torch.ops.snnops.tt_conv(packed, x, g1, w2, w3, w4, parallel, schedule, pool)[0]
+
+    assert torch.autograd.gradcheck(fused, (g1, *ws))
+    y = fused(g1, *ws)
+    g = torch.randn_like(y)
+    ours = torch.autograd.grad(y, [x, g1, *ws], g)
+    ref, _ = reference.tt_block(F.conv2d(x, g1), *ws, parallel, schedule, pool)
+    want = torch.autograd.grad(ref, [x, g1, *ws], g)
+    for a, b in zip(ours, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_tt_conv_packed_only_and_masks():
+    x = spikes(2, 40, 6, 5)
+    packed = snnops.pack_spikes(x, 1)
+    g1 = torch.randn(4, 40, 1, 1)
+    w2, w3, w4 = block_weights(4, 6, True)
+    y, _ = torch.ops.snnops.tt_conv(packed, None, g1, w2, w3, w4, True, [], False)
+    close(y, reference.tt_conv(packed, None, g1, w2, w3, w4, True, [], False)[0])
+    g = torch.randn_like(y)
+    gx, gg1, g2, g3, g4 = torch.ops.snnops.tt_conv_bwd(g, packed, g1, w2, w3, w4, torch.empty(0, dtype=torch.uint8),
+                                                       True, [], False, [False, True, False, False, False])
+    assert gx.numel() == g2.numel() == g3.numel() == g4.numel() == 0
+    close(gg1, reference.tt_conv_bwd(g, packed, g1, w2, w3, w4, None, True, [], False, [False, True, False, False,
+                                                                                         False])[1])
+
+
+def test_tt_conv_bad_input():
+    g1 = torch.randn(4, 8, 1, 1)
+    w2, w3, w4 = block_weights(4, 6, True)
+    with pytest.raises(ValueError, match="0/1 spikes.*spiking=False"):
+        snnops.tt_conv(torch.randn(2, 8, 5, 5), g1, w2, w3, w4)
+    with pytest.raises(ValueError, match="words per pixel"):
+        snnops.tt_conv(torch.zeros(2, 5, 5, 2, dtype=torch.int32), g1, w2, w3, w4)
+    with pytest.raises(RuntimeError, match="ceil"):
+        torch.ops.snnops.tt_conv(torch.zeros(2, 5, 5, 2, dtype=torch.int32), None, g1, w2, w3, w4, True, [], False)
+    with pytest.raises(ValueError, match="x has 5 channels"):
+        snnops.tt_conv(torch.zeros(2, 5, 5, 5), g1, w2, w3, w4)
+
+
 # ----------------------------------------------------------------------- the layer on the kernels
 
+@pytest.mark.parametrize("spiking", [True, False], ids=["spiking", "float"])
 @pytest.mark.parametrize("mode,kw", [("stt", {}), ("ptt", {"pool": True}), ("htt", {"schedule": "FHHF"}),
                                      ("htt", {"timesteps": 3})])
-def test_layer_fused_equals_reference_backend(cpu_isa, mode, kw):
+def test_layer_fused_equals_reference_backend(cpu_isa, mode, kw, spiking):
     rank = (4, 6, 5) if mode == "stt" else 5
     torch.manual_seed(3)
-    fused = TTConv2d(12, 10, rank, mode, bias=True, **kw)
+    fused = TTConv2d(12, 10, rank, mode, bias=True, spiking=spiking, **kw)
     plain = TTConv2d(12, 10, rank, mode, bias=True, backend="reference", **kw)
     plain.load_state_dict(fused.state_dict())
     steps = kw.get("timesteps") or len(kw.get("schedule", "FFHH"))
-    x = (torch.rand(steps, 2, 12, 7, 9) < 0.3).float().requires_grad_()
+    x = spikes(steps, 2, 12, 7, 9) if spiking else torch.randn(steps, 2, 12, 7, 9)
+    x.requires_grad_()
     y, y_ref = fused(x), plain(x)
     close(y, y_ref)
     g = torch.randn_like(y)
@@ -226,6 +306,26 @@ def test_layer_fused_equals_reference_backend(cpu_isa, mode, kw):
     want = torch.autograd.grad(y_ref, [x, *plain.parameters()], g)
     for a, b in zip(ours, want):
         close(a, b)
+
+
+def test_layer_takes_packed_spikes():
+    torch.manual_seed(4)
+    m = TTConv2d(40, 8, 4, "htt", schedule="FH")
+    x = spikes(2, 3, 40, 6, 6).requires_grad_()
+    packed = snnops.pack_spikes(x.detach(), 2)  # [T, B, H, W, words]
+    y = m(x)
+    close(m(packed), y)                      # packed only: inference
+    y2 = m(x, packed=packed)                 # packed + the float spikes that get the gradient
+    close(y2, y)
+    g = torch.randn_like(y)
+    close(torch.autograd.grad(y2, x, g)[0], torch.autograd.grad(m(x), x, g)[0])
+    ref = TTConv2d(40, 8, 4, "htt", schedule="FH", backend="reference")
+    ref.load_state_dict(m.state_dict())
+    close(ref(packed), y)
+    with pytest.raises(ValueError, match="0/1 spikes"):
+        m(torch.randn(2, 3, 40, 6, 6))
+    with pytest.raises(ValueError, match="packed spikes must be int32"):
+        m(torch.zeros(2, 3, 6, 6, 1, dtype=torch.int32))
 
 
 # ----------------------------------------------------------------------- opcheck samples
@@ -250,3 +350,15 @@ def opcheck_samples():
                             [True, True, True, True]), {})
     yield ("tt_block_bwd", (torch.randn(4, 5, 5, 4), o, b2, b3, b4, torch.empty(0, dtype=torch.uint8), True, [],
                             False, [True, False, False, True]), {})
+    for parallel, schedule, pool in BLOCK_CASES[:4] + BLOCK_CASES[5:]:
+        x = spikes(4, 35, 5, 4)
+        packed = snnops.pack_spikes(x, 1)
+        g1 = torch.randn(r, 35, 1, 1)
+        b2, b3, b4 = block_weights(r, 5, parallel)
+        yield ("tt_conv", (packed, x.requires_grad_(), g1.requires_grad_(), b2.requires_grad_(),
+                           b3.requires_grad_(), b4.requires_grad_(), parallel, schedule, pool), {})
+    yield ("tt_conv", (packed, None, g1.detach(), b2.detach(), b3.detach(), b4.detach(), True, [], False), {})
+    _, idx = torch.ops.snnops.tt_conv(packed, None, g1.detach(), b2.detach(), b3.detach(), b4.detach(), True,
+                                      [False, True], True)
+    yield ("tt_conv_bwd", (torch.randn(4, 5, 2, 2), packed, g1.detach(), b2.detach(), b3.detach(), b4.detach(), idx,
+                           True, [False, True], True, [True, True, False, True, True]), {})

@@ -20,6 +20,13 @@
 // all weight gradients on the same band while it is in cache, and reduces the weight
 // gradients of the threads in a fixed order (deterministic for a given thread count).
 //
+// tt_conv is the whole layer from bit-packed spikes: G1 runs inside the same band
+// loop as the packed spike GEMM (spike_rows_gemm_f32, csrc/cpu/spike_gemm.h), so the
+// rank-r map o = G1(s) never leaves the cache either, and the only activation the
+// backward needs is the packed input (1 bit per spike): it recomputes o from the
+// bits, and G1's own gradients are a dense GEMM (grad of the spikes) and a scatter of
+// the rank-r gradient rows over the set bits (grad of G1).
+//
 // Outputs are channels-last in memory (the GEMMs write one row of channels per pixel).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -32,6 +39,7 @@
 #include <vector>
 
 #include "cpu/simd.h"
+#include "cpu/spike_gemm.h"
 #include "cpu/tt_gemm.h"
 
 namespace snnops {
@@ -130,6 +138,7 @@ struct Packed {
   std::vector<T> g3_f, g3_b;    // [3][r2][r3], [3][r3][r2]
   std::vector<T> g4_f;          // [r3][cout]   (G4^T)
   std::vector<T> g4_b;          // [cout][r3]   (G4)
+  std::vector<T> g1, g1_t;      // [r1][cin] (G1), [cin][r1] (G1^T), tt_conv only
 };
 
 template <typename T>
@@ -192,19 +201,32 @@ Packed<T> pack_weights(const at::Tensor& w2c, const at::Tensor& w3c, const at::T
   return P;
 }
 
+template <typename T>
+void pack_g1(Packed<T>& P, const at::Tensor& g1c) {
+  const int64_t r1 = g1c.size(0), cin = g1c.size(1);
+  const T* g = g1c.data_ptr<T>();
+  P.g1.assign(g, g + r1 * cin);
+  P.g1_t.assign(r1 * cin, T(0));
+  for (int64_t a = 0; a < r1; ++a)
+    for (int64_t c = 0; c < cin; ++c) P.g1_t[c * r1 + a] = g[a * cin + c];
+}
+
 // ---------------------------------------------------------------- problem and bands
 struct Problem {
   int64_t N, H, W, r1, r2, r3, cout;
   bool parallel, pool, has_g4;
   std::vector<uint8_t> full;  // per image: 1 = full step, 0 = HTT half step
   int64_t band_rows, bands;
+  // tt_conv: o = G1(s) from packed spikes [N, H, W, words] instead of a tensor o
+  const uint32_t* bits = nullptr;
+  int64_t words = 0, cin = 0;
 };
 
 // Rows per band: whole images when their working set fits in about half of L2;
 // fewer rows (even, for the pool) when it does not, or when there are too few
 // images to keep every thread busy.
 void choose_bands(Problem& p, size_t elem) {
-  const int64_t per_row = p.W * (2 * p.r1 + 2 * p.r2 + 2 * p.r3 + p.cout) * (int64_t)elem * 2;
+  const int64_t per_row = p.W * (2 * p.r1 + 2 * p.r2 + 2 * p.r3 + p.cout + p.cin) * (int64_t)elem * 2;
   int64_t rows = std::max<int64_t>(1, (int64_t)(1 << 20) / std::max<int64_t>(per_row, 1));
   const int64_t want_units = 4 * (int64_t)at::get_num_threads();
   if (p.N < want_units) {
@@ -229,10 +251,51 @@ std::vector<uint8_t> image_steps(int64_t N, const c10::List<bool>& schedule) {
   return full;
 }
 
+// ---------------------------------------------------------------- G1 from packed spikes
+// o[i, :] = sum over the set bits c of row i of G1^T[c, :], rows i < R.
+template <typename T>
+void g1_from_bits(const Problem& pb, const Packed<T>& P, const uint32_t* A, int64_t R, T* out) {
+  if constexpr (std::is_same<T, float>::value) {
+    // The packed spike GEMM (a nested at::parallel_for runs inline on this thread).
+    spike_rows_gemm_f32(A, pb.words, R, pb.cin, P.g1.data(), 1, pb.cin, pb.r1, out, pb.r1, 1, nullptr);
+  } else {
+    for (int64_t i = 0; i < R; ++i) {
+      T* o = out + i * pb.r1;
+      std::fill(o, o + pb.r1, T(0));
+      for (int64_t wd = 0; wd < pb.words; ++wd) {
+        uint32_t m = A[i * pb.words + wd];
+        while (m) {
+          const int64_t c = wd * 32 + __builtin_ctz(m);
+          m &= m - 1;
+          const T* g = P.g1_t.data() + c * pb.r1;
+          for (int64_t a = 0; a < pb.r1; ++a) o[a] += g[a];
+        }
+      }
+    }
+  }
+}
+
+// The band's input rows [lo, hi) into the padded buffer: read from the tensor o, or
+// computed from the packed spikes by G1.
+template <typename T>
+void fill_input(const Problem& pb, const Packed<T>& P, const View4<const T>& o, T* buf, const Band& b, int64_t n,
+                int64_t lo, int64_t hi, std::vector<T>& tmp) {
+  if (pb.bits == nullptr) return fill_padded<T>(buf, pb.r1, b, o, n, lo, hi);
+  std::memset(buf, 0, sizeof(T) * b.buffer_pixels() * pb.r1);
+  lo = std::max<int64_t>(lo, 0);
+  hi = std::min(hi, b.H);
+  const int64_t R = (hi - lo) * b.W;
+  if (R <= 0) return;
+  tmp.resize(R * pb.r1);
+  g1_from_bits<T>(pb, P, pb.bits + (n * b.H + lo) * b.W * pb.words, R, tmp.data());
+  for (int64_t h = lo; h < hi; ++h)
+    std::memcpy(buf + b.at(h, 0) * pb.r1, tmp.data() + (h - lo) * b.W * pb.r1, sizeof(T) * b.W * pb.r1);
+}
+
 // ---------------------------------------------------------------- forward
 template <typename T>
 struct FwdScratch {
-  std::vector<T> opad, mid, p, ytile;
+  std::vector<T> opad, mid, p, ytile, tmp;
   std::vector<T*> arow, crow, prow;
 };
 
@@ -301,7 +364,7 @@ void block_forward(const Problem& pb, const Packed<T>& P, const View4<const T>& 
       const int64_t n = u / pb.bands;
       const Band b{pb.H, pb.W, (u % pb.bands) * pb.band_rows, std::min(pb.H, (u % pb.bands + 1) * pb.band_rows)};
       s.opad.resize(b.buffer_pixels() * pb.r1);
-      fill_padded<T>(s.opad.data(), pb.r1, b, o, n, b.h0 - 1, b.h1 + 1);
+      fill_input<T>(pb, P, o, s.opad.data(), b, n, b.h0 - 1, b.h1 + 1, s.tmp);
       const int64_t M = b.rows() * pb.W;
       const int64_t out_ch = pb.has_g4 ? pb.cout : pb.r3;
       T* dest = out + (n * pb.H + b.h0) * pb.W * out_ch;
@@ -326,19 +389,38 @@ void block_forward(const Problem& pb, const Packed<T>& P, const View4<const T>& 
 template <typename T>
 struct Grads {
   bool o, w2, w3, w4;
+  bool x = false, g1 = false;  // tt_conv: the spikes' and G1's gradients (o is then internal)
 };
+
+// dG1^T[c][:] += go[i][:] for every set bit c of row i (work in proportion to the spikes).
+template <typename T>
+void g1_grad_scatter(const Problem& pb, const uint32_t* A, int64_t R, const T* go, T* acc) {
+  const int64_t r = pb.r1;
+  for (int64_t i = 0; i < R; ++i) {
+    const T* g = go + i * r;
+    for (int64_t wd = 0; wd < pb.words; ++wd) {
+      uint32_t m = A[i * pb.words + wd];
+      while (m) {
+        const int64_t c = wd * 32 + __builtin_ctz(m);
+        m &= m - 1;
+        T* d = acc + c * r;
+        for (int64_t a = 0; a < r; ++a) d[a] += g[a];
+      }
+    }
+  }
+}
 
 template <typename T>
 struct BwdScratch {
   FwdScratch<T> f;
-  std::vector<T> gy, gp, g2;
+  std::vector<T> gy, gp, g2, go, go_t;
   std::vector<T*> gyrow, gprow, g2row, orow, tmp;
 };
 
 // Weight-gradient accumulators of one thread: [ptt: 5][r][r] rows (tap, in) or STT
 // dW2 [3][r1][r2] + dW3 [3][r2][r3]; then dG4^T [r3][cout].
 struct AccLayout {
-  int64_t taps_a, taps_b, g4, total;
+  int64_t taps_a, taps_b, g4, g1, total;
 };
 
 AccLayout acc_layout(const Problem& pb) {
@@ -351,7 +433,8 @@ AccLayout acc_layout(const Problem& pb) {
     L.taps_b = 3 * pb.r2 * pb.r3;
   }
   L.g4 = pb.has_g4 ? pb.r3 * pb.cout : 0;
-  L.total = L.taps_a + L.taps_b + L.g4;
+  L.g1 = pb.bits ? pb.cin * pb.r1 : 0;  // dG1^T [cin][r1]
+  L.total = L.taps_a + L.taps_b + L.g4 + L.g1;
   return L;
 }
 
@@ -374,7 +457,7 @@ void tap_weight_grad(bool avx2, const Band& b, const T* act, int64_t ci, const T
 
 template <typename T>
 void block_backward(const Problem& pb, const Packed<T>& P, const View4<const T>& gy_in, const uint8_t* idx,
-                    const View4<const T>& o, const Grads<T>& need, T* go_out, std::vector<T>& acc_all) {
+                    const View4<const T>& o, const Grads<T>& need, T* go_out, T* gx_out, std::vector<T>& acc_all) {
   const bool avx2 = use_avx2();
   const AccLayout L = acc_layout(pb);
   const int64_t slots = std::max<int64_t>(1, at::get_num_threads());
@@ -382,11 +465,13 @@ void block_backward(const Problem& pb, const Packed<T>& P, const View4<const T>&
   const int64_t gch = pb.has_g4 ? pb.cout : pb.r3;  // channels of the incoming gradient
   const bool gy_rows_direct = !pb.pool && gy_in.sc == 1 && gy_in.sw == gch && gy_in.sh == pb.W * gch;
   const bool need_taps = need.w2 || need.w3;
+  // the gradient of o: an output (tt_block, ptt_conv) or what G1's backward needs (tt_conv)
+  const bool need_go = pb.bits ? (need.x || need.g1) : need.o;
   at::parallel_for(0, pb.N * pb.bands, 1, [&](int64_t u0, int64_t u1) {
     const int64_t slot = std::min<int64_t>(at::get_thread_num(), slots - 1);
     T* acc = acc_all.data() + slot * L.total;
     BwdScratch<T> s;
-    std::vector<T*> mrows;
+    std::vector<T*> mrows, gp_band, g2_band, crow;
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t n = u / pb.bands;
       const Band b{pb.H, pb.W, (u % pb.bands) * pb.band_rows, std::min(pb.H, (u % pb.bands + 1) * pb.band_rows)};
@@ -395,7 +480,7 @@ void block_backward(const Problem& pb, const Packed<T>& P, const View4<const T>&
       const int64_t lo = std::max<int64_t>(b.h0 - 1, 0), hi = std::min(pb.H, b.h1 + 1);
       const int64_t Mh = (hi - lo) * pb.W;
       s.f.opad.resize(b.buffer_pixels() * pb.r1);
-      fill_padded<T>(s.f.opad.data(), pb.r1, b, o, n, b.h0 - 1, b.h1 + 1);
+      fill_input<T>(pb, P, o, s.f.opad.data(), b, n, b.h0 - 1, b.h1 + 1, s.f.tmp);
 
       // Incoming gradient rows [lo, hi): straight from the tensor when it is
       // channels-last, else gathered (or un-pooled) into a compact scratch.
@@ -440,17 +525,17 @@ void block_backward(const Problem& pb, const Packed<T>& P, const View4<const T>&
         for (int64_t i = 0; i < Mh; ++i) std::memcpy(s.gprow[i], s.gyrow[i], sizeof(T) * pb.r3);
       }
 
-      // dG4^T[c][o] += sum over band pixels of mid[pixel][c] * gy[pixel][o].
+      // dG4^T[c][o] += sum over band pixels of mid[pixel][c] * gy[pixel][o], the middle
+      // recomputed (5r^2 MACs a pixel for PTT; o itself at a half step).
       if (pb.has_g4 && need.w4) {
         middle_forward<T>(avx2, pb, P, b, full, s.f, mrows, nullptr);
-        const T* mid = (pb.parallel && !full) ? nullptr : s.f.p.data();
-        if (mid == nullptr) {  // half step: the middle is o itself; make it compact
+        if (pb.parallel && !full) {  // make the half step's middle (o) compact
           s.f.p.resize(M * pb.r3);
           for (int64_t i = 0; i < M; ++i) std::memcpy(s.f.p.data() + i * pb.r3, mrows[i], sizeof(T) * pb.r3);
-          mid = s.f.p.data();
         }
+        const T* mid = s.f.p.data();
         s.tmp.resize(pb.r3);
-        std::vector<T*> crow(pb.r3);
+        crow.resize(pb.r3);
         for (int64_t c = 0; c < pb.r3; ++c) {
           s.tmp[c] = const_cast<T*>(mid) + c;
           crow[c] = acc + L.taps_a + L.taps_b + c * pb.cout;
@@ -458,56 +543,77 @@ void block_backward(const Problem& pb, const Packed<T>& P, const View4<const T>&
         gemm_rows<T>(avx2, pb.r3, pb.cout, M, s.tmp.data(), pb.r3, kZeroTap, 1, gy_band, pb.cout, crow.data(), true);
       }
 
-      // Band rows of the output gradient go (channels-last tensor).
+      // Band rows of the gradient of o: the channels-last output tensor, or (tt_conv)
+      // a scratch that G1's backward reads right after.
       std::vector<T*>& gorow = s.orow;
-      compact_rows(gorow, go_out + (n * pb.H + b.h0) * pb.W * pb.r1, pb.r1, M);
-      std::vector<T*> gp_band;
+      T* go_base = go_out != nullptr ? go_out + (n * pb.H + b.h0) * pb.W * pb.r1 : nullptr;
+      if (pb.bits) {
+        s.go.resize(M * pb.r1);
+        go_base = s.go.data();
+      }
+      if (go_base != nullptr) compact_rows(gorow, go_base, pb.r1, M);
       padded_rows(gp_band, s.gp.data(), pb.r3, b, b.h0, b.h1);
 
       if (pb.parallel && !full) {  // half step: go = gp
-        if (need.o)
+        if (need_go)
           for (int64_t i = 0; i < M; ++i) std::memcpy(gorow[i], gp_band[i], sizeof(T) * pb.r1);
-        continue;
-      }
-      if (pb.parallel) {
+      } else if (pb.parallel) {
         if (need_taps)
           tap_weight_grad<T>(avx2, b, s.f.opad.data(), pb.r1, ptt_taps(b, pb.r1, 1), s.gp.data(), pb.r1, acc, s.tmp,
                              s.g2row);
-        if (need.o) {
+        if (need_go) {
           const Taps tb = ptt_taps(b, pb.r1, -1);
           gemm_rows<T>(avx2, M, pb.r1, pb.r1, gp_band.data(), 1, tb.off, tb.n, P.ptt_b.data(), pb.r1, gorow.data(),
                        false);
         }
-        continue;
-      }
-      // STT: mid1 = G2(o) (band rows) for dW3; g2 = G3^T gp (rows [lo, hi)) for dW2 and go.
-      if (need.w3) {
-        s.f.mid.assign(b.buffer_pixels() * pb.r2, T(0));
-        padded_rows(s.f.crow, s.f.mid.data(), pb.r2, b, b.h0, b.h1);
-        padded_rows(s.f.arow, s.f.opad.data(), pb.r1, b, b.h0, b.h1);
-        const Taps tv = vertical_taps(b, pb.r1, 1);
-        gemm_rows<T>(avx2, M, pb.r2, pb.r1, s.f.arow.data(), 1, tv.off, tv.n, P.g2_f.data(), pb.r2,
-                     s.f.crow.data(), false);
-        tap_weight_grad<T>(avx2, b, s.f.mid.data(), pb.r2, horizontal_taps(pb.r2, 1), s.gp.data(), pb.r3,
-                           acc + L.taps_a, s.tmp, s.g2row);
-      }
-      if (need.o || need.w2) {
-        s.g2.assign(b.buffer_pixels() * pb.r2, T(0));
-        padded_rows(s.g2row, s.g2.data(), pb.r2, b, lo, hi);
-        const Taps th = horizontal_taps(pb.r3, -1);
-        gemm_rows<T>(avx2, Mh, pb.r2, pb.r3, s.gprow.data(), 1, th.off, th.n, P.g3_b.data(), pb.r2, s.g2row.data(),
-                     false);
-        if (need.w2)
-          tap_weight_grad<T>(avx2, b, s.f.opad.data(), pb.r1, vertical_taps(b, pb.r1, 1), s.g2.data(), pb.r2, acc,
-                             s.tmp, s.gyrow);
-        if (need.o) {
-          std::vector<T*> g2_band;
-          padded_rows(g2_band, s.g2.data(), pb.r2, b, b.h0, b.h1);
-          const Taps tv = vertical_taps(b, pb.r2, -1);
-          gemm_rows<T>(avx2, M, pb.r1, pb.r2, g2_band.data(), 1, tv.off, tv.n, P.g2_b.data(), pb.r1, gorow.data(),
-                       false);
+      } else {
+        // STT: mid1 = G2(o) (band rows) for dW3; g2 = G3^T gp (rows [lo, hi)) for dW2 and go.
+        if (need.w3) {
+          s.f.mid.assign(b.buffer_pixels() * pb.r2, T(0));
+          padded_rows(s.f.crow, s.f.mid.data(), pb.r2, b, b.h0, b.h1);
+          padded_rows(s.f.arow, s.f.opad.data(), pb.r1, b, b.h0, b.h1);
+          const Taps tv = vertical_taps(b, pb.r1, 1);
+          gemm_rows<T>(avx2, M, pb.r2, pb.r1, s.f.arow.data(), 1, tv.off, tv.n, P.g2_f.data(), pb.r2,
+                       s.f.crow.data(), false);
+          tap_weight_grad<T>(avx2, b, s.f.mid.data(), pb.r2, horizontal_taps(pb.r2, 1), s.gp.data(), pb.r3,
+                             acc + L.taps_a, s.tmp, s.g2row);
+        }
+        if (need_go || need.w2) {
+          s.g2.assign(b.buffer_pixels() * pb.r2, T(0));
+          padded_rows(s.g2row, s.g2.data(), pb.r2, b, lo, hi);
+          const Taps th = horizontal_taps(pb.r3, -1);
+          gemm_rows<T>(avx2, Mh, pb.r2, pb.r3, s.gprow.data(), 1, th.off, th.n, P.g3_b.data(), pb.r2,
+                       s.g2row.data(), false);
+          if (need.w2)
+            tap_weight_grad<T>(avx2, b, s.f.opad.data(), pb.r1, vertical_taps(b, pb.r1, 1), s.g2.data(), pb.r2, acc,
+                               s.tmp, s.gyrow);
+          if (need_go) {
+            padded_rows(g2_band, s.g2.data(), pb.r2, b, b.h0, b.h1);
+            const Taps tv = vertical_taps(b, pb.r2, -1);
+            gemm_rows<T>(avx2, M, pb.r1, pb.r2, g2_band.data(), 1, tv.off, tv.n, P.g2_b.data(), pb.r1,
+                         gorow.data(), false);
+          }
         }
       }
+      if (!pb.bits) continue;
+
+      // G1's backward (tt_conv). Spikes' gradient, NCHW planes: gx[c][pixels] =
+      // G1^T[c][:] . go^T[:][pixels] (go transposed in cache so the pixels are the
+      // vector dimension and the planes are written as contiguous rows).
+      const uint32_t* A = pb.bits + (n * pb.H + b.h0) * pb.W * pb.words;
+      if (need.x) {
+        s.go_t.resize(M * pb.r1);
+        for (int64_t i = 0; i < M; ++i)
+          for (int64_t a = 0; a < pb.r1; ++a) s.go_t[a * M + i] = s.go[i * pb.r1 + a];
+        s.tmp.resize(pb.cin);
+        crow.resize(pb.cin);
+        for (int64_t c = 0; c < pb.cin; ++c) {
+          s.tmp[c] = const_cast<T*>(P.g1_t.data()) + c * pb.r1;
+          crow[c] = gx_out + ((n * pb.cin + c) * pb.H + b.h0) * pb.W;
+        }
+        gemm_rows<T>(avx2, pb.cin, M, pb.r1, s.tmp.data(), 1, kZeroTap, 1, s.go_t.data(), M, crow.data(), false);
+      }
+      if (need.g1) g1_grad_scatter<T>(pb, A, M, s.go.data(), acc + L.taps_a + L.taps_b + L.g4);
     }
   });
 }
@@ -572,7 +678,8 @@ at::Tensor ptt_conv_cpu(const at::Tensor& o, const at::Tensor& w2, const at::Ten
 
 template <typename T>
 void write_weight_grads(const Problem& pb, const std::vector<T>& acc_all, int64_t slots, at::Tensor& gw2,
-                        at::Tensor& gw3, at::Tensor* gw4, bool need2, bool need3, bool need4) {
+                        at::Tensor& gw3, at::Tensor* gw4, bool need2, bool need3, bool need4,
+                        at::Tensor* gg1 = nullptr) {
   const AccLayout L = acc_layout(pb);
   std::vector<T> acc(L.total, T(0));
   for (int64_t s = 0; s < slots; ++s)
@@ -609,6 +716,12 @@ void write_weight_grads(const Problem& pb, const std::vector<T>& acc_all, int64_
     for (int64_t o = 0; o < pb.cout; ++o)
       for (int64_t c = 0; c < pb.r3; ++c) g4[o * pb.r3 + c] = acc[L.taps_a + L.taps_b + c * pb.cout + o];
   }
+  if (gg1) {
+    T* g1 = gg1->data_ptr<T>();  // [r1][cin]
+    const T* a = acc.data() + L.taps_a + L.taps_b + L.g4;
+    for (int64_t r = 0; r < pb.r1; ++r)
+      for (int64_t c = 0; c < pb.cin; ++c) g1[r * pb.cin + c] = a[c * pb.r1 + r];
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ptt_conv_bwd_cpu(const at::Tensor& grad, const at::Tensor& o,
@@ -627,10 +740,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ptt_conv_bwd_cpu(const at::Tensor
   AT_DISPATCH_FLOATING_TYPES(o.scalar_type(), "ptt_conv_bwd", [&] {
     const auto P = pack_weights<scalar_t>(w2.contiguous(), w3.contiguous(), at::Tensor(), true, false, true);
     std::vector<scalar_t> acc;
-    std::vector<scalar_t> go_scratch;
-    scalar_t* gop = mask[0] ? go.data_ptr<scalar_t>() : (go_scratch.resize(o.numel()), go_scratch.data());
+    scalar_t* gop = mask[0] ? go.data_ptr<scalar_t>() : nullptr;
     block_backward<scalar_t>(pb, P, cview4<scalar_t>(g), nullptr, cview4<scalar_t>(o),
-                             Grads<scalar_t>{mask[0], mask[1], mask[2], false}, gop, acc);
+                             Grads<scalar_t>{mask[0], mask[1], mask[2], false}, gop, nullptr, acc);
     write_weight_grads<scalar_t>(pb, acc, (int64_t)acc.size() / std::max<int64_t>(acc_layout(pb).total, 1), gw2, gw3,
                                  nullptr, mask[1], mask[2], false);
   });
@@ -696,14 +808,135 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tt_block_bwd_cpu(
   if (pool) g = g.contiguous(at::MemoryFormat::ChannelsLast);
   AT_DISPATCH_FLOATING_TYPES(o.scalar_type(), "tt_block_bwd", [&] {
     const auto P = pack_weights<scalar_t>(w2.contiguous(), w3.contiguous(), w4.contiguous(), parallel, true, true);
-    std::vector<scalar_t> acc, go_scratch;
-    scalar_t* gop = mask[0] ? go.data_ptr<scalar_t>() : (go_scratch.resize(o.numel()), go_scratch.data());
+    std::vector<scalar_t> acc;
+    scalar_t* gop = mask[0] ? go.data_ptr<scalar_t>() : nullptr;
     block_backward<scalar_t>(pb, P, cview4<scalar_t>(g), pool ? pidx.data_ptr<uint8_t>() : nullptr,
-                             cview4<scalar_t>(o), Grads<scalar_t>{mask[0], mask[1], mask[2], mask[3]}, gop, acc);
+                             cview4<scalar_t>(o), Grads<scalar_t>{mask[0], mask[1], mask[2], mask[3]}, gop, nullptr,
+                             acc);
     write_weight_grads<scalar_t>(pb, acc, (int64_t)acc.size() / std::max<int64_t>(acc_layout(pb).total, 1), gw2, gw3,
                                  &gw4, mask[1], mask[2], mask[3]);
   });
   return {go, gw2, gw3, gw4};
+}
+
+// ---------------------------------------------------------------- tt_conv: the layer from packed spikes
+struct ConvShape {
+  int64_t N, H, W, cin;
+};
+
+ConvShape check_conv(const at::Tensor& packed, const at::Tensor& g1, const at::Tensor& w2, const at::Tensor& w3,
+                     const at::Tensor& w4, bool parallel, const c10::List<bool>& schedule, const char* op) {
+  TORCH_CHECK(packed.device().is_cpu(), op, ": packed must be a CPU tensor here, got ", packed.device());
+  TORCH_CHECK(packed.scalar_type() == at::kInt && packed.dim() == 4, op,
+              ": packed spikes must be int32 [N, H, W, ceil(Cin/32)], got ", packed.scalar_type(), " ",
+              packed.sizes());
+  check_float(g1, op, "g1");
+  TORCH_CHECK(g1.dim() == 4 && g1.size(2) == 1 && g1.size(3) == 1, op, ": g1 must be [r1, Cin, 1, 1], got ",
+              g1.sizes());
+  const int64_t cin = g1.size(1);
+  TORCH_CHECK(packed.size(3) == ceil_div(cin, 32), op, ": packed spikes have ", packed.size(3),
+              " words per pixel but g1 expects Cin = ", cin, " channels, ceil(Cin/32) = ", ceil_div(cin, 32));
+  // check the rest as tt_block would on an o of g1's rank
+  at::Tensor o_like = at::empty({0, g1.size(0), 0, 0}, g1.options());
+  check_block(o_like, w2, w3, w4, parallel, schedule, op);
+  return {packed.size(0), packed.size(1), packed.size(2), cin};
+}
+
+Problem conv_problem(const ConvShape& cs, const at::Tensor& packed, const at::Tensor& g1, const at::Tensor& w2,
+                     const at::Tensor& w3, const at::Tensor& w4, bool parallel, bool pool,
+                     const c10::List<bool>& schedule) {
+  Problem p;
+  p.N = cs.N;
+  p.H = cs.H;
+  p.W = cs.W;
+  p.r1 = g1.size(0);
+  p.r2 = w2.size(0);
+  p.r3 = w3.size(0);
+  p.has_g4 = true;
+  p.cout = w4.size(0);
+  p.parallel = parallel;
+  p.pool = pool;
+  p.full = image_steps(p.N, schedule);
+  p.bits = reinterpret_cast<const uint32_t*>(packed.data_ptr<int32_t>());
+  p.words = packed.size(3);
+  p.cin = cs.cin;
+  choose_bands(p, g1.element_size());
+  return p;
+}
+
+std::tuple<at::Tensor, at::Tensor> tt_conv_cpu(const at::Tensor& packed_in, const std::optional<at::Tensor>& x,
+                                               const at::Tensor& g1, const at::Tensor& w2, const at::Tensor& w3,
+                                               const at::Tensor& w4, bool parallel, c10::List<bool> schedule,
+                                               bool pool) {
+  const char* op = "snnops.tt_conv";
+  const ConvShape cs = check_conv(packed_in, g1, w2, w3, w4, parallel, schedule, op);
+  if (x.has_value() && x->defined())
+    TORCH_CHECK(x->dim() == 4 && x->size(0) == cs.N && x->size(1) == cs.cin && x->size(2) == cs.H &&
+                    x->size(3) == cs.W,
+                op, ": x must be the float spikes [N, Cin, H, W] = [", cs.N, ", ", cs.cin, ", ", cs.H, ", ", cs.W,
+                "] the packed words were made from, got ", x->sizes());
+  const int64_t C = w4.size(0);
+  auto opts = g1.options().memory_format(at::MemoryFormat::ChannelsLast);
+  at::Tensor y = pool ? at::empty({cs.N, C, cs.H / 2, cs.W / 2}, opts) : at::empty({cs.N, C, cs.H, cs.W}, opts);
+  at::Tensor idx = pool ? at::empty({cs.N, C, cs.H / 2, cs.W / 2}, opts.dtype(at::kByte))
+                        : at::empty({0}, g1.options().dtype(at::kByte));
+  if (cs.N == 0 || cs.H == 0 || cs.W == 0 || C == 0) return {y, idx};
+  at::Tensor packed = packed_in.contiguous();
+  const Problem pb = conv_problem(cs, packed, g1, w2, w3, w4, parallel, pool, schedule);
+  AT_DISPATCH_FLOATING_TYPES(g1.scalar_type(), "tt_conv", [&] {
+    auto P = pack_weights<scalar_t>(w2.contiguous(), w3.contiguous(), w4.contiguous(), parallel, true, false);
+    pack_g1<scalar_t>(P, g1.contiguous());
+    block_forward<scalar_t>(pb, P, View4<const scalar_t>{nullptr, 0, 0, 0, 0}, y.data_ptr<scalar_t>(),
+                            pool ? idx.data_ptr<uint8_t>() : nullptr);
+  });
+  return {y, idx};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> tt_conv_bwd_cpu(
+    const at::Tensor& grad_y, const at::Tensor& packed_in, const at::Tensor& g1, const at::Tensor& w2,
+    const at::Tensor& w3, const at::Tensor& w4, const at::Tensor& pool_index, bool parallel,
+    c10::List<bool> schedule, bool pool, std::array<bool, 5> mask) {
+  const char* op = "snnops.tt_conv_bwd";
+  const ConvShape cs = check_conv(packed_in, g1, w2, w3, w4, parallel, schedule, op);
+  check_float(grad_y, op, "grad_y");
+  const int64_t C = w4.size(0);
+  const std::vector<int64_t> ys = pool ? std::vector<int64_t>{cs.N, C, cs.H / 2, cs.W / 2}
+                                       : std::vector<int64_t>{cs.N, C, cs.H, cs.W};
+  TORCH_CHECK(grad_y.sizes() == at::IntArrayRef(ys), op, ": grad_y must be ", at::IntArrayRef(ys), ", got ",
+              grad_y.sizes());
+  at::Tensor pidx;
+  if (pool) {
+    TORCH_CHECK(pool_index.scalar_type() == at::kByte && pool_index.sizes() == at::IntArrayRef(ys), op,
+                ": pool_index must be uint8 ", at::IntArrayRef(ys), ", got ", pool_index.scalar_type(), " ",
+                pool_index.sizes());
+    pidx = pool_index.contiguous(at::MemoryFormat::ChannelsLast);
+  }
+  auto empty = [&](const at::Tensor& like) { return at::empty({0}, like.options()); };
+  at::Tensor gx = mask[0] ? at::empty({cs.N, cs.cin, cs.H, cs.W}, g1.options()) : empty(g1);
+  at::Tensor gg1 = mask[1] ? at::zeros(g1.sizes(), g1.options()) : empty(g1);
+  at::Tensor gw2 = mask[2] ? at::zeros(w2.sizes(), w2.options()) : empty(w2);
+  at::Tensor gw3 = mask[3] ? at::zeros(w3.sizes(), w3.options()) : empty(w3);
+  at::Tensor gw4 = mask[4] ? at::zeros(w4.sizes(), w4.options()) : empty(w4);
+  if (cs.N == 0 || cs.H == 0 || cs.W == 0 || C == 0 || !(mask[0] || mask[1] || mask[2] || mask[3] || mask[4]))
+    return {gx, gg1, gw2, gw3, gw4};
+  at::Tensor packed = packed_in.contiguous();
+  const Problem pb = conv_problem(cs, packed, g1, w2, w3, w4, parallel, pool, schedule);
+  at::Tensor g = grad_y.to(g1.scalar_type());
+  if (pool) g = g.contiguous(at::MemoryFormat::ChannelsLast);
+  AT_DISPATCH_FLOATING_TYPES(g1.scalar_type(), "tt_conv_bwd", [&] {
+    auto P = pack_weights<scalar_t>(w2.contiguous(), w3.contiguous(), w4.contiguous(), parallel, true, true);
+    pack_g1<scalar_t>(P, g1.contiguous());
+    std::vector<scalar_t> acc;
+    Grads<scalar_t> need{false, mask[2], mask[3], mask[4]};
+    need.x = mask[0];
+    need.g1 = mask[1];
+    block_backward<scalar_t>(pb, P, cview4<scalar_t>(g), pool ? pidx.data_ptr<uint8_t>() : nullptr,
+                             View4<const scalar_t>{nullptr, 0, 0, 0, 0}, need, nullptr,
+                             mask[0] ? gx.data_ptr<scalar_t>() : nullptr, acc);
+    write_weight_grads<scalar_t>(pb, acc, (int64_t)acc.size() / std::max<int64_t>(acc_layout(pb).total, 1), gw2, gw3,
+                                 &gw4, mask[2], mask[3], mask[4], mask[1] ? &gg1 : nullptr);
+  });
+  return {gx, gg1, gw2, gw3, gw4};
 }
 
 }  // namespace
@@ -713,6 +946,8 @@ TORCH_LIBRARY_IMPL(snnops, CPU, m) {
   m.impl("ptt_conv_bwd", &ptt_conv_bwd_cpu);
   m.impl("tt_block", &tt_block_cpu);
   m.impl("tt_block_bwd", &tt_block_bwd_cpu);
+  m.impl("tt_conv", &tt_conv_cpu);
+  m.impl("tt_conv_bwd", &tt_conv_bwd_cpu);
 }
 
 }  // namespace snnops

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .. import reference
+from ..ops.pack import unpack_spikes
 from ..ops.tt_conv import tt_conv as _fused_tt_conv
 
 __all__ = ["TTConv2d", "MergedTTConv2d", "parse_schedule", "default_schedule"]
@@ -148,18 +149,26 @@ class TTConv2d(_TimeLayout):
         weight: a dense 3x3 weight ``[Cout, Cin, 3, 3]`` to initialize the cores from by
             TT-SVD; without it the cores are kaiming-uniform (``nn.Conv2d``'s default), as
             the authors train them from scratch.
+        spiking: the input holds 0/1 spikes (the default: a TT layer follows a LIF in
+            an SNN). G1 then reads them bit-packed inside the fused kernel and the layer
+            keeps 1 bit per input value for backward. False: any real-valued input (G1
+            is a float GEMM and the rank-r map G1(x) is kept for backward).
         backend: ``'snnops'`` (fused kernels) or ``'reference'`` (separate ``F.conv2d``).
 
     Input ``[T, B, Cin, H, W]`` or ``[T*B, Cin, H, W]`` (time-major); the output has the
-    same layout with ``Cout`` channels (and H, W halved, floor, with ``pool``).
+    same layout with ``Cout`` channels (and H, W halved, floor, with ``pool``), channels-last
+    in memory. Spikes may also come bit-packed along the channels (``snnops.pack_spikes``
+    format: int32 ``[T, B, H, W, words]`` / ``[T*B, H, W, words]``), as the input itself
+    (no gradient to the spikes) or as ``forward(x, packed=...)`` next to the float spikes
+    ``x`` that receive the gradient.
     Cores are conv weights: ``g1 [r1, Cin, 1, 1]``, ``g2 [r2, r1, 3, 1]``,
     ``g3 [r3, r2, 1, 3]``, ``g4 [Cout, r3, 1, 1]``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, rank: Union[int, Sequence[int], str],
                  mode: str = "ptt", *, schedule=None, timesteps: Optional[int] = None, pool: bool = False,
-                 bias: bool = False, weight: Optional[torch.Tensor] = None, backend: str = "snnops",
-                 device=None, dtype=None):
+                 bias: bool = False, weight: Optional[torch.Tensor] = None, spiking: bool = True,
+                 backend: str = "snnops", device=None, dtype=None):
         super().__init__()
         who = "snnops.nn.TTConv2d"
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
@@ -170,7 +179,7 @@ class TTConv2d(_TimeLayout):
         if backend not in ("snnops", "reference"):
             raise ValueError(f"{who}: backend must be 'snnops' or 'reference', got {backend!r}")
         self.in_channels, self.out_channels, self.mode = in_channels, out_channels, mode
-        self.pool, self.backend = bool(pool), backend
+        self.pool, self.backend, self.spiking = bool(pool), backend, bool(spiking)
         self._setup_time(mode, schedule, timesteps, who)
         ranks = _check_ranks(rank, mode, who)
         cores = None
@@ -214,11 +223,33 @@ class TTConv2d(_TimeLayout):
     def cores(self):
         return self.g1, self.g2, self.g3, self.g4
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x4, steps, lead = as_images(x, self.in_channels, self.timesteps, "snnops.nn.TTConv2d")
+    def forward(self, x: torch.Tensor, packed: Optional[torch.Tensor] = None) -> torch.Tensor:
+        who = "snnops.nn.TTConv2d"
+        if isinstance(x, torch.Tensor) and x.dtype == torch.int32:
+            if packed is not None:
+                raise ValueError(f"{who}: give the packed spikes either as the input or as packed=, not both")
+            packed, x = x, None
+        if packed is not None and not self.spiking:
+            raise ValueError(f"{who}: packed spikes need a spiking layer (built with spiking=False)")
+        if x is not None:
+            x4, steps, lead = as_images(x, self.in_channels, self.timesteps, who)
+        p4 = None
+        if packed is not None:
+            p4, p_steps, p_lead = _packed_images(packed, self.in_channels, self.timesteps, who)
+            if x is None:
+                steps, lead = p_steps, p_lead
+            elif tuple(p4.shape[:3]) != (x4.shape[0], *x4.shape[2:]):
+                raise ValueError(f"{who}: packed spikes {tuple(packed.shape)} do not match the input {tuple(x.shape)}")
         schedule = self.schedule_for(steps)
-        fn = _fused_tt_conv if self.backend == "snnops" else _reference_tt_conv
-        y = fn(x4, *self.cores(), parallel=self.mode != "stt", schedule=schedule, pool=self.pool)
+        kw = dict(parallel=self.mode != "stt", schedule=schedule, pool=self.pool)
+        if self.backend == "reference":
+            if x is None:
+                x4 = unpack_spikes(p4, self.in_channels, dim=1, dtype=self.g1.dtype)
+            y = reference.tt_layer(x4, *self.cores(), **kw)
+        elif self.spiking:
+            y = _fused_tt_conv(None if x is None else x4, *self.cores(), packed=p4, **kw)
+        else:
+            y = _fused_tt_conv(x4, *self.cores(), spiking=False, **kw)
         if self.bias is not None:
             y = y + self.bias.view(1, -1, 1, 1)
         return self._restore(y, lead)
@@ -267,13 +298,27 @@ class TTConv2d(_TimeLayout):
             s += ", pool=True"
         if self.bias is not None:
             s += ", bias=True"
+        if not self.spiking:
+            s += ", spiking=False"
         if self.backend != "snnops":
             s += f", backend={self.backend!r}"
         return s
 
 
-def _reference_tt_conv(x, g1, g2, g3, g4, *, parallel, schedule, pool):
-    return reference.tt_conv(x, g1, g2, g3, g4, parallel=parallel, schedule=schedule, pool=pool)
+def _packed_images(packed, in_channels, timesteps, who):
+    """Packed spikes ``[T, B, H, W, words]`` or ``[T*B, H, W, words]`` -> ``(images, T, lead)``."""
+    words = (in_channels + 31) // 32
+    if packed.dim() not in (4, 5) or packed.shape[-1] != words:
+        raise ValueError(f"{who}: packed spikes must be int32 [T, B, H, W, {words}] or [T*B, H, W, {words}] "
+                         f"for {in_channels} channels, got shape {tuple(packed.shape)}")
+    if packed.dim() == 5:
+        if timesteps is not None and packed.shape[0] != timesteps:
+            raise ValueError(f"{who}: packed input has {packed.shape[0]} timesteps but the layer was built with "
+                             f"timesteps={timesteps}")
+        return packed.flatten(0, 1), packed.shape[0], tuple(packed.shape[:2])
+    if timesteps is not None and packed.shape[0] % timesteps:
+        raise ValueError(f"{who}: packed input has {packed.shape[0]} images, not a multiple of timesteps={timesteps}")
+    return packed, timesteps, (packed.shape[0],)
 
 
 class MergedTTConv2d(_TimeLayout):

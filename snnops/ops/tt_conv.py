@@ -12,6 +12,14 @@ Ops:
       are the second output, kept for backward.
   tt_block_bwd(grad_y, o, w2, w3, w4, pool_index, parallel, schedule, pool, output_mask)
       -> (grad_o, grad_w2, grad_w3, grad_w4); the intermediates are recomputed from o.
+  tt_conv(packed, x, g1, w2, w3, w4, parallel, schedule, pool) -> (y, pool_index)
+      the whole layer from spikes bit-packed along the channels (``snnops.pack_spikes``
+      format, int32 ``[N, H, W, ceil(Cin/32)]``): G1 runs inside the same pass as the
+      packed spike GEMM, so o = G1(s) stays in cache too. ``x`` (optional) is the float
+      spikes ``[N, Cin, H, W]`` the words came from: never read, it receives the gradient.
+  tt_conv_bwd(grad_y, packed, g1, w2, w3, w4, pool_index, parallel, schedule, pool,
+      output_mask) -> (grad_x, grad_g1, grad_w2, grad_w3, grad_w4); o is recomputed from
+      the bits, so the packed spikes (1 bit each) are the only activation kept.
 
 Float outputs are channels-last in memory (the kernels write a row of channels per
 pixel); gradients not asked for in ``output_mask`` come back as empty tensors. The
@@ -27,6 +35,8 @@ from .. import reference
 from ._registry import define
 
 __all__ = ["ptt_conv", "tt_conv", "tt_block", "first_core"]
+
+from .pack import pack_spikes  # noqa: E402
 
 _CL = torch.channels_last
 
@@ -56,6 +66,17 @@ def _ref_tt_block_bwd(grad_y, o, w2, w3, w4, pool_index, parallel, schedule, poo
     return _cl(go), g2, g3, g4
 
 
+def _ref_tt_conv(packed, x, g1, w2, w3, w4, parallel, schedule, pool):
+    y, idx = reference.tt_conv(packed, x, g1, w2, w3, w4, parallel, schedule, pool)
+    return _cl(y), _cl(idx)
+
+
+def _ref_tt_conv_bwd(grad_y, packed, g1, w2, w3, w4, pool_index, parallel, schedule, pool, output_mask):
+    gx, g1g, g2, g3, g4 = reference.tt_conv_bwd(grad_y, packed, g1, w2, w3, w4, pool_index, parallel, schedule,
+                                                pool, output_mask)
+    return gx.contiguous(), g1g, g2, g3, g4
+
+
 def _triton(name):
     def launch(*args):
         from ..kernels import tt_conv as k
@@ -74,6 +95,13 @@ define("tt_block(Tensor o, Tensor w2, Tensor w3, Tensor w4, bool parallel, bool[
 define("tt_block_bwd(Tensor grad_y, Tensor o, Tensor w2, Tensor w3, Tensor w4, Tensor pool_index, bool parallel,"
        " bool[] schedule, bool pool, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)",
        cpu_reference=_ref_tt_block_bwd, cuda_kernel=_triton("tt_block_bwd"))
+define("tt_conv(Tensor packed, Tensor? x, Tensor g1, Tensor w2, Tensor w3, Tensor w4, bool parallel,"
+       " bool[] schedule, bool pool) -> (Tensor y, Tensor pool_index)",
+       cpu_reference=_ref_tt_conv, cuda_kernel=_triton("tt_conv"))
+define("tt_conv_bwd(Tensor grad_y, Tensor packed, Tensor g1, Tensor w2, Tensor w3, Tensor w4, Tensor pool_index,"
+       " bool parallel, bool[] schedule, bool pool, bool[5] output_mask)"
+       " -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+       cpu_reference=_ref_tt_conv_bwd, cuda_kernel=_triton("tt_conv_bwd"))
 
 
 # ---------------------------------------------------------------------------- fakes
@@ -117,6 +145,26 @@ def _tt_block_bwd_fake(grad_y, o, w2, w3, w4, pool_index, parallel, schedule, po
             _grad_or_empty(output_mask[2], w3), _grad_or_empty(output_mask[3], w4))
 
 
+def _conv_out_shape(packed, w4, pool):
+    n, h, w, _ = packed.shape
+    return (n, w4.shape[0], h // 2, w // 2) if pool else (n, w4.shape[0], h, w)
+
+
+@torch.library.register_fake("snnops::tt_conv")
+def _tt_conv_fake(packed, x, g1, w2, w3, w4, parallel, schedule, pool):
+    shape = _conv_out_shape(packed, w4, pool)
+    idx = _empty_cl(shape, g1, torch.uint8) if pool else g1.new_empty(0, dtype=torch.uint8)
+    return _empty_cl(shape, g1), idx
+
+
+@torch.library.register_fake("snnops::tt_conv_bwd")
+def _tt_conv_bwd_fake(grad_y, packed, g1, w2, w3, w4, pool_index, parallel, schedule, pool, output_mask):
+    n, h, w, _ = packed.shape
+    gx = g1.new_empty((n, g1.shape[1], h, w)) if output_mask[0] else g1.new_empty(0)
+    return (gx, _grad_or_empty(output_mask[1], g1), _grad_or_empty(output_mask[2], w2),
+            _grad_or_empty(output_mask[3], w3), _grad_or_empty(output_mask[4], w4))
+
+
 # ---------------------------------------------------------------------------- autograd
 
 def _ptt_setup(ctx, inputs, output):
@@ -150,6 +198,27 @@ def _block_backward(ctx, grad_y, grad_index):
 
 
 torch.library.register_autograd("snnops::tt_block", _block_backward, setup_context=_block_setup)
+
+
+def _conv_setup(ctx, inputs, output):
+    packed, x, g1, w2, w3, w4, parallel, schedule, pool = inputs
+    # The packed spikes are the only activation kept (x is not saved).
+    ctx.save_for_backward(packed, g1, w2, w3, w4, output[1])
+    ctx.params = (parallel, list(schedule), pool)
+
+
+def _conv_backward(ctx, grad_y, grad_index):
+    packed, g1, w2, w3, w4, pool_index = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    mask = [need[1], need[2], need[3], need[4], need[5]]
+    parallel, schedule, pool = ctx.params
+    if grad_y is None:
+        grad_y = torch.zeros(_conv_out_shape(packed, w4, pool), dtype=g1.dtype, device=g1.device)
+    grads = torch.ops.snnops.tt_conv_bwd(grad_y, packed, g1, w2, w3, w4, pool_index, parallel, schedule, pool, mask)
+    return (None,) + tuple(g if m else None for g, m in zip(grads, mask)) + (None, None, None)
+
+
+torch.library.register_autograd("snnops::tt_conv", _conv_backward, setup_context=_conv_setup)
 
 
 # ---------------------------------------------------------------------------- public API
@@ -229,10 +298,69 @@ def first_core(x: torch.Tensor, g1: torch.Tensor) -> torch.Tensor:
     n, c, h, w = x.shape
     rows = x.permute(0, 2, 3, 1).reshape(n * h * w, c)
     o = rows @ g1.view(g1.shape[0], c).t()
-    return o.view(n, h, w, -1).permute(0, 3, 1, 2)
+    return o.view(n, h, w, g1.shape[0]).permute(0, 3, 1, 2)
 
 
-def tt_conv(x, g1, g2, g3, g4, *, parallel: bool = True, schedule: Sequence[bool] = (), pool: bool = False):
-    """The TT layer on images ``x [T*B, Cin, H, W]``; see :class:`snnops.nn.TTConv2d`.
-    The output is channels-last in memory."""
-    return tt_block(first_core(x, g1), g2, g3, g4, parallel=parallel, schedule=schedule, pool=pool)
+def _check_cores(g1, g2, g3, g4, parallel, op):
+    for name, t in (("g1", g1), ("g2", g2), ("g3", g3), ("g4", g4)):
+        _check_tensor(t, name, op, 4)
+    _check_same(g1, (("g2", g2), ("g3", g3), ("g4", g4)), op)
+    if g1.shape[2:] != (1, 1):
+        raise ValueError(f"{op}: g1 must be [r1, Cin, 1, 1], got {tuple(g1.shape)}")
+
+
+def tt_conv(x, g1, g2, g3, g4, *, parallel: bool = True, schedule: Sequence[bool] = (), pool: bool = False,
+            spiking: bool = True, packed=None):
+    """The TT layer on images: ``G4(ptt(G1 x))`` (or STT, HTT); see :class:`snnops.nn.TTConv2d`.
+
+    Args:
+        x: ``[N, Cin, H, W]`` float. With ``spiking`` (the default) its values must be
+            0/1 spikes: G1 then runs on them bit-packed inside the fused kernel and only
+            the packed bits are kept for backward. ``x`` may also be the packed int32
+            words ``[N, H, W, ceil(Cin/32)]`` themselves (no gradient to the spikes then).
+        packed: the packed words of ``x`` when the caller already has them (a LIF can
+            emit them); ``x`` then only receives the gradient.
+        spiking: False for real-valued inputs: G1 is a float GEMM and the tail
+            (``tt_block``) keeps the rank-r map o for backward.
+
+    The output is channels-last in memory.
+    """
+    op = "snnops.tt_conv"
+    _check_cores(g1, g2, g3, g4, parallel, op)
+    schedule = [bool(s) for s in schedule]
+    if not spiking:
+        _check_tensor(x, "x", op, 4)
+        if x.shape[1] != g1.shape[1]:
+            raise ValueError(f"{op}: x has {x.shape[1]} channels but g1 expects {g1.shape[1]}")
+        return tt_block(first_core(x.to(g1.dtype), g1), g2, g3, g4, parallel=parallel, schedule=schedule, pool=pool)
+    if isinstance(x, torch.Tensor) and x.dtype == torch.int32:
+        packed, x = x, None
+    if x is not None:
+        _check_tensor(x, "x", op, 4)
+        _check_same(g1, (("x", x),), op)
+        if x.shape[1] != g1.shape[1]:
+            raise ValueError(f"{op}: x has {x.shape[1]} channels but g1 expects {g1.shape[1]}")
+    if packed is None:
+        try:
+            packed = pack_spikes(x.detach(), 1)
+        except (RuntimeError, ValueError) as exc:
+            raise ValueError(f"{op}: the input must be 0/1 spikes for the spiking path ({exc}); "
+                             f"use spiking=False (TTConv2d(..., spiking=False)) for real-valued inputs") from None
+    if not isinstance(packed, torch.Tensor) or packed.dtype != torch.int32 or packed.dim() != 4:
+        raise ValueError(f"{op}: packed spikes must be int32 [N, H, W, ceil(Cin/32)], got "
+                         f"{getattr(packed, 'dtype', type(packed).__name__)} {tuple(getattr(packed, 'shape', ()))}")
+    if packed.shape[-1] != (g1.shape[1] + 31) // 32:
+        raise ValueError(f"{op}: packed spikes have {packed.shape[-1]} words per pixel but Cin = {g1.shape[1]} "
+                         f"needs {(g1.shape[1] + 31) // 32}")
+    if x is not None and (tuple(x.shape[2:]) != tuple(packed.shape[1:3]) or x.shape[0] != packed.shape[0]):
+        raise ValueError(f"{op}: x {tuple(x.shape)} and its packed words {tuple(packed.shape)} disagree")
+    if parallel:
+        _check_ptt_weights(g1.new_empty(0, g1.shape[0], 0, 0), g2, g3, op)
+    elif not all(schedule):
+        raise ValueError(f"{op}: half steps need the parallel form (HTT is PTT with half steps)")
+    if g4.shape[1:] != (g3.shape[0], 1, 1):
+        raise ValueError(f"{op}: g4 must be [Cout, {g3.shape[0]}, 1, 1], got {tuple(g4.shape)}")
+    if schedule and packed.shape[0] % len(schedule):
+        raise ValueError(f"{op}: {packed.shape[0]} images are not a whole number of the schedule's "
+                         f"{len(schedule)} timesteps")
+    return torch.ops.snnops.tt_conv(packed, x, g1, g2, g3, g4, bool(parallel), schedule, bool(pool))[0]

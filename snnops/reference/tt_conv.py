@@ -19,8 +19,10 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ptt_conv", "ptt_conv_bwd", "tt_block", "tt_block_bwd", "tt_conv", "pool_code",
-           "merge_stt", "merge_ptt", "merge_half", "step_of_images"]
+from .spike_gemm import unpack_spikes
+
+__all__ = ["ptt_conv", "ptt_conv_bwd", "tt_block", "tt_block_bwd", "tt_conv", "tt_conv_bwd", "tt_layer",
+           "pool_code", "merge_stt", "merge_ptt", "merge_half", "step_of_images"]
 
 
 def ptt_conv(o: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor) -> torch.Tensor:
@@ -111,11 +113,31 @@ def tt_block_bwd(grad_y, o, w2, w3, w4, pool_index, parallel: bool, schedule: Se
         return tuple(_grads(y, leaves, grad_y, output_mask))
 
 
-def tt_conv(x, g1, g2, g3, g4, *, parallel: bool, schedule: Sequence[bool] = (), pool: bool = False):
+def tt_layer(x, g1, g2, g3, g4, *, parallel: bool, schedule: Sequence[bool] = (), pool: bool = False):
     """The whole TT layer on ``x [T*B, Cin, H, W]`` as separate ``F.conv2d`` calls (the
     authors' formulation); ``schedule`` (length T, True = full step) only in parallel mode."""
     o = F.conv2d(x, g1)
     return tt_block(o, g2, g3, g4, parallel, schedule, pool)[0]
+
+
+def tt_conv(packed, x, g1, w2, w3, w4, parallel: bool, schedule: Sequence[bool], pool: bool):
+    """The ``tt_conv`` op: the TT layer on spikes bit-packed along the channels
+    (``packed`` int32 ``[N, H, W, ceil(Cin/32)]``, see ``snnops.pack_spikes``); ``x`` is
+    the float spikes they came from (only its gradient matters). Returns ``(y, pool_index)``
+    as :func:`tt_block`."""
+    s = unpack_spikes(packed, g1.shape[1], 1, g1.dtype)
+    return tt_block(F.conv2d(s, g1), w2, w3, w4, parallel, schedule, pool)
+
+
+def tt_conv_bwd(grad_y, packed, g1, w2, w3, w4, pool_index, parallel: bool, schedule: Sequence[bool], pool: bool,
+                output_mask: Sequence[bool]):
+    """Gradients of :func:`tt_conv` for ``(x, g1, w2, w3, w4)``; the spikes' gradient is
+    ``[N, Cin, H, W]``."""
+    with torch.enable_grad():
+        s = unpack_spikes(packed, g1.shape[1], 1, g1.dtype).requires_grad_()
+        leaves = [s] + [t.detach().requires_grad_() for t in (g1, w2, w3, w4)]
+        y, _ = tt_block(F.conv2d(leaves[0], leaves[1]), *leaves[2:], parallel, schedule, pool)
+        return tuple(_grads(y, leaves, grad_y, output_mask))
 
 
 # ------------------------------------------------------------------ merge formulas
