@@ -441,3 +441,33 @@ def test_cli_bad_settings(kw, match):
     args = _cli_args(**kw)
     with pytest.raises(CLIError, match=match):
         lite_train.resolve(args)
+
+
+def _fake_cifar10(root, n=8):
+    import pickle
+    import numpy as np
+    d = root / "cifar-10-batches-py"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        entry = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 b"labels": rng.integers(0, 10, n).tolist()}
+        with open(d / name, "wb") as f:
+            pickle.dump(entry, f)
+
+
+def test_cli_reads_cifar_from_a_local_directory(tmp_path):
+    from snnops.lite import train as lite_train
+    _fake_cifar10(tmp_path)
+    args = _cli_args(dataset="cifar10", data_dir=tmp_path, search_epochs=1, warmup_epochs=0, epochs=1,
+                     channels=2, retrain_channels=2, layers=2, steps=1, timesteps=1, batch_size=20, no_deploy=True)
+    s = lite_train.run(args)
+    assert s["dataset"] == "cifar10" and s["settings"]["train_images"] == 40 and s["timesteps"] == 1
+    assert s["deployment"] == {"status": "skipped"}
+
+
+def test_cli_cifar_without_data_dir():
+    from snnops.cli import CLIError
+    from snnops.lite import train as lite_train
+    with pytest.raises(CLIError, match="data-dir"):
+        lite_train.run(_cli_args(dataset="cifar10"))
