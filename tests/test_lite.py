@@ -150,6 +150,36 @@ def test_compconv_gradients_reach_weight_scores_beta():
         assert p.grad is not None and p.grad.abs().sum() > 0
 
 
+class _CostProbe(torch.nn.Module):
+    """The compression cost of one conv as a function of psi (beta via functional_call)."""
+
+    def __init__(self, conv):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, psi):
+        return cost.compression_cost([(self.conv, 1.0)], torch.softmax(psi, 0), 1e-3, 1e-2)[0]
+
+
+def test_gradcheck_beta_and_psi_paths_float64():
+    # The quantizer and mask are straight-through (not differentiable by definition);
+    # the softmax(beta) mixture, the costs and the timestep-weighted CE are, exactly.
+    conv = CompConv2d(2, 3, 3, padding=1, keep_ratio=0.5).double()
+    xs = _spikes(2, 2, 2, 4, 4).double()  # T = 2
+    beta = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    fn = lambda b: torch.func.functional_call(conv, {"beta": b}, (xs,))  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (beta,))
+    conv(xs)
+    probe = _CostProbe(conv)
+    psi = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    fn = lambda b, p: torch.func.functional_call(probe, {"conv.beta": b}, (p,))  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (beta, psi))
+    logits = torch.randn(4, 3, 5, dtype=torch.float64)
+    y = torch.randint(0, 5, (3,))
+    psi4 = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda p: cost.timestep_ce(logits, y, torch.softmax(p, 0)), (psi4,))
+
+
 def test_compconv_single_bits_is_masked_quantized_weight():
     conv = CompConv2d(4, 4, 1, bits=(2,), keep_ratio=0.25)
     assert torch.equal(conv.effective_weight().detach(), conv.quantized_weight())

@@ -150,7 +150,8 @@ class CompConv2d(torch.nn.Module):
             raise ValueError(f"CompConv2d: input has {x.shape[-3]} channels, expected {self.in_channels}")
         seq = x.dim() == 5
         with torch.no_grad():
-            per_step = x.detach().float().flatten(1) if seq else x.detach().float().reshape(1, -1)
+            v = x.detach().to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+            per_step = v.flatten(1) if seq else v.reshape(1, -1)
             self.input_rate = per_step.sum(1) / max(per_step.shape[1], 1)
         flat = x.flatten(0, 1) if seq else x
         out = F.conv2d(flat, self.effective_weight().to(flat.dtype), self.bias, self.stride, self.padding)
