@@ -192,7 +192,7 @@ def _low_rank(L, M, rank, sigma, seed):
 
 
 @pytest.mark.parametrize("L,M,rank,sigma", [(50, 80, 6, 0.1), (64, 576, 10, 0.05), (90, 40, 5, 1.0),
-                                            (30, 30, 3, 0.5), (128, 1152, 24, 0.02)])
+                                            (30, 30, 3, 0.5), (96, 864, 16, 0.02)])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_evbmf_recovers_rank_and_noise(L, M, rank, sigma, seed):
     res = evbmf(_low_rank(L, M, rank, sigma, seed))

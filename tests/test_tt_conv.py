@@ -192,7 +192,7 @@ def test_tt_block_gradcheck(parallel, schedule, pool):
     def fn(o, w2, w3, w4):
         return torch.ops.snnops.tt_block(o, w2, w3, w4, parallel, schedule, pool)[0]
 
-    assert torch.autograd.gradcheck(fn, (o, *ws))
+    assert torch.autograd.gradcheck(fn, (o, *ws), fast_mode=True)
 
 
 def test_tt_block_bad_input():
@@ -238,7 +238,8 @@ def test_tt_conv_matches_reference(cpu_isa, parallel, schedule, pool, cin, r, co
 
 
 @pytest.mark.parametrize("parallel,schedule,pool", BLOCK_CASES, ids=lambda v: str(v))
-def test_tt_conv_float64_gradients(cpu_isa, parallel, schedule, pool):
+def test_tt_conv_float64_gradients(parallel, schedule, pool):
+    # float64 always runs the portable C++ path (the AVX2 kernels are float32)
     x = spikes(4, 5, 5, 6, dtype=torch.float64).requires_grad_()
     packed = snnops.pack_spikes(x.detach(), 1)
     g1 = torch.randn(3, 5, 1, 1, **F64, requires_grad=True)
@@ -247,7 +248,7 @@ def test_tt_conv_float64_gradients(cpu_isa, parallel, schedule, pool):
     def fused(g1, w2, w3, w4):
         return torch.ops.snnops.tt_conv(packed, x, g1, w2, w3, w4, parallel, schedule, pool)[0]
 
-    assert torch.autograd.gradcheck(fused, (g1, *ws))
+    assert torch.autograd.gradcheck(fused, (g1, *ws), fast_mode=True)
     y = fused(g1, *ws)
     g = torch.randn_like(y)
     ours = torch.autograd.grad(y, [x, g1, *ws], g)
@@ -362,3 +363,47 @@ def opcheck_samples():
                                       [False, True], True)
     yield ("tt_conv_bwd", (torch.randn(4, 5, 2, 2), packed, g1.detach(), b2.detach(), b3.detach(), b4.detach(), idx,
                            True, [False, True], True, [True, True, False, True, True]), {})
+
+
+# ----------------------------------------------------------------------- Triton kernels (interpreter)
+
+@pytest.fixture(scope="module")
+def triton_kernels():
+    pytest.importorskip("triton")
+    from snnops.kernels import tt_conv as k
+    return k
+
+
+def test_triton_ptt_conv(triton_kernels):
+    o = torch.randn(2, 5, 5, 6)
+    w2, w3 = ptt_weights(5)
+    close(triton_kernels.ptt_conv(o, w2, w3), reference.ptt_conv(o, w2, w3))
+    g = torch.randn(2, 5, 5, 6)
+    for a, b in zip(triton_kernels.ptt_conv_bwd(g, o, w2, w3, [True] * 3),
+                    reference.ptt_conv_bwd(g, o, w2, w3, [True] * 3)):
+        close(a, b)
+
+
+@pytest.mark.parametrize("parallel,schedule,pool", [(True, [True, False], True), (False, [], False)],
+                         ids=["htt-pool", "stt"])
+def test_triton_tt_block_and_tt_conv(triton_kernels, parallel, schedule, pool):
+    x = spikes(2, 35, 5, 6)
+    packed = snnops.pack_spikes(x, 1)
+    g1 = torch.randn(4, 35, 1, 1)
+    w2, w3, w4 = block_weights(4, 6, parallel)
+    o = torch.randn(2, 4, 5, 6)
+    y, idx = triton_kernels.tt_block(o, w2, w3, w4, parallel, schedule, pool)
+    ref, ref_idx = reference.tt_block(o, w2, w3, w4, parallel, schedule, pool)
+    close(y, ref)
+    g = torch.randn_like(ref)
+    for a, b in zip(triton_kernels.tt_block_bwd(g, o, w2, w3, w4, idx, parallel, schedule, pool, [True] * 4),
+                    reference.tt_block_bwd(g, o, w2, w3, w4, ref_idx, parallel, schedule, pool, [True] * 4)):
+        close(a, b)
+    y, idx = triton_kernels.tt_conv(packed, x, g1, w2, w3, w4, parallel, schedule, pool)
+    ref, ref_idx = reference.tt_conv(packed, x, g1, w2, w3, w4, parallel, schedule, pool)
+    close(y, ref)
+    if pool:
+        assert torch.equal(idx, ref_idx)
+    for a, b in zip(triton_kernels.tt_conv_bwd(g, packed, g1, w2, w3, w4, idx, parallel, schedule, pool, [True] * 5),
+                    reference.tt_conv_bwd(g, packed, g1, w2, w3, w4, ref_idx, parallel, schedule, pool, [True] * 5)):
+        close(a, b)
