@@ -1,0 +1,222 @@
+"""Layers of the MS-ResNet SNNs, each on snnops operators (``backend='snnops'``) or on
+plain PyTorch ops (``backend='reference'``) with identical parameters and math. The TT
+layers are :class:`snnops.nn.TTConv2d` (which has the same two backends).
+
+Every layer takes and returns time-major sequences ``[T, B, C, H, W]``. A layer with
+no time dependence runs once on the flattened ``[T*B, C, H, W]``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import reference
+from ..nn.tt_conv import parse_schedule
+from ..ops.lif import lif as _snnops_lif, resolve_params
+from ..ops.pack import pack_spikes as _pack_spikes, unpack_spikes as _unpack_spikes
+
+BACKENDS = ("snnops", "reference")
+CONV_KINDS = ("dense", "stt", "ptt", "htt")
+SCHEDULES = ("first", "last", "alternate")
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(0, 1)
+
+
+def _seq(y: torch.Tensor, steps: int) -> torch.Tensor:
+    return y.unflatten(0, (steps, -1))
+
+
+# ----------------------------------------------------------------------------- neuron
+
+@dataclass(frozen=True)
+class NeuronConfig:
+    """LIF parameters in the papers' factor form ``h = decay * v + x`` (hard reset).
+    Defaults are the TT-SNN / MS-ResNet authors': decay 0.25, threshold 0.5,
+    rectangular surrogate of width 1, reset detached from the graph."""
+
+    decay: float = 0.25
+    v_threshold: float = 0.5
+    v_reset: Optional[float] = 0.0
+    surrogate: str = "rect"
+    detach_reset: bool = True
+
+    def __post_init__(self):
+        # Same validation (and messages) as snnops.lif.
+        resolve_params(tau=None, decay_input=True, v_threshold=self.v_threshold, v_reset=self.v_reset,
+                       detach_reset=self.detach_reset, decay=self.decay, surrogate=self.surrogate)
+
+    def as_dict(self):
+        return asdict(self)
+
+
+class SpikingNeuron(nn.Module):
+    """Multi-step LIF over ``[T, B, ...]``; the membrane starts at 0 on every call.
+
+    ``snnops``: the fused operator (time loop in C++, 2 bits per neuron-step kept for
+    backward). ``reference``: the Python loop over time with autograd.
+    """
+
+    def __init__(self, neuron: NeuronConfig, backend: str = "snnops"):
+        super().__init__()
+        self.neuron = neuron
+        self.backend = check_backend(backend)
+
+    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        n = self.neuron
+        if self.backend == "snnops":
+            spikes, _ = _snnops_lif(x_seq, decay=n.decay, v_threshold=n.v_threshold, v_reset=n.v_reset,
+                                    surrogate=n.surrogate, detach_reset=n.detach_reset)
+        else:
+            spikes, _ = reference.lif(x_seq, decay=n.decay, input_scale=1.0, v_threshold=n.v_threshold,
+                                      v_reset=n.v_reset, surrogate=n.surrogate, detach_reset=n.detach_reset)
+        return spikes
+
+    def extra_repr(self):
+        return f"backend={self.backend}, " + ", ".join(f"{k}={v}" for k, v in self.neuron.as_dict().items())
+
+
+# ----------------------------------------------------------------------------- tdBN
+
+class TemporalBatchNorm(nn.BatchNorm2d):
+    """BatchNorm with statistics over T and B together ("tdBN").
+
+    Under ``torch.distributed`` with ``sync=True`` the batch statistics are reduced
+    over all processes (differentiably), so data-parallel training computes what one
+    process computes on the global batch. torch.nn.SyncBatchNorm does not run on CPU.
+    """
+
+    def __init__(self, num_features: int, **kwargs):
+        super().__init__(num_features, **kwargs)
+        self.sync = False
+
+    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        steps = x_seq.shape[0]
+        x = _flat(x_seq)
+        if self.sync and self.training and _distributed_world() > 1:
+            return _seq(self._synced(x), steps)
+        return _seq(super().forward(x), steps)
+
+    def _synced(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+        from torch.distributed.nn.functional import all_reduce
+
+        dims = (0, 2, 3)
+        count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
+        count = all_reduce(count, op=dist.ReduceOp.SUM)
+        mean = all_reduce(x.sum(dims), op=dist.ReduceOp.SUM) / count
+        centered = x - mean[None, :, None, None]
+        var = all_reduce(centered.pow(2).sum(dims), op=dist.ReduceOp.SUM) / count
+        y = centered * torch.rsqrt(var + self.eps)[None, :, None, None]
+        if self.affine:
+            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum
+                unbiased = var * (count / (count - 1).clamp_min(1))
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(unbiased.detach(), alpha=m)
+        return y
+
+
+def _distributed_world() -> int:
+    import torch.distributed as dist
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+# ----------------------------------------------------------------------------- convs
+
+class SeqConv2d(nn.Conv2d):
+    """``nn.Conv2d`` applied to every timestep (one call on ``[T*B, C, H, W]``).
+
+    With ``subsample_first=True`` a strided 1x1 conv (a shortcut) subsamples its input
+    first. With ``spike_input=True`` (the block convs of the snnops backend) the input is the
+    0/1 output of a LIF, and the copy autograd keeps for the weight gradient is stored
+    bit-packed (:func:`snnops.pack_spikes`, 1 bit instead of 32 per spike) and unpacked
+    in the backward: the convolution itself stays oneDNN's.
+    """
+
+    def __init__(self, *args, spike_input: bool = False, subsample_first: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.spike_input = spike_input
+        self.subsample_first = subsample_first
+
+    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        x = _flat(x_seq)
+        if self.subsample_first and self.kernel_size == (1, 1) and self.stride != (1, 1):
+            # A strided 1x1 conv reads only every stride-th pixel: subsample first and
+            # run it at stride 1 (the same products and sums), so autograd keeps the
+            # subsampled input (1/4 of the block input for stride 2), not all of it.
+            sh, sw = self.stride
+            x = x[:, :, ::sh, ::sw].contiguous()
+            return _seq(F.conv2d(x, self.weight, self.bias), x_seq.shape[0])
+        if self.spike_input and torch.is_grad_enabled() and self.weight.requires_grad:
+            with torch.autograd.graph.saved_tensors_hooks(_SpikePacker(x), _unpack_saved):
+                y = super().forward(x)
+        else:
+            y = super().forward(x)
+        return _seq(y, x_seq.shape[0])
+
+
+class _SpikePacker:
+    """Pack hook: the one tensor known to hold spikes (this call's input) is saved as
+    bits; everything else (the weight) is saved as is. Autograd keeps the hook object
+    with the saved tensor, so it must not hold the spikes themselves (that would keep
+    the float copy alive until the backward): it remembers where they are."""
+
+    def __init__(self, spikes: torch.Tensor):
+        self.key = (spikes.data_ptr(), tuple(spikes.shape), spikes.dtype)
+
+    def __call__(self, t: torch.Tensor):
+        if (t.data_ptr(), tuple(t.shape), t.dtype) == self.key and t.is_contiguous() and t.numel():
+            return ("spikes", _pack_spikes(t.reshape(-1), -1), t.shape, t.dtype)
+        return t
+
+
+def _unpack_saved(saved):
+    if isinstance(saved, tuple) and saved and saved[0] == "spikes":
+        _, packed, shape, dtype = saved
+        n = 1
+        for d in shape:
+            n *= d
+        return _unpack_spikes(packed, n, -1, dtype).view(shape)
+    return saved
+
+
+def full_steps(schedule: Union[str, Sequence[bool]], timesteps: int) -> list:
+    """Which timesteps of an HTT layer run the full (PTT) path.
+
+    ``'first'`` (the paper's order): the first ceil(T/2) steps; ``'last'``: the last
+    ceil(T/2); ``'alternate'``: even steps; or T flags: ``'FFHH'`` or booleans.
+    """
+    if isinstance(schedule, str) and schedule.lower() in SCHEDULES:
+        schedule = schedule.lower()
+        if schedule == "first":
+            n = math.ceil(timesteps / 2)
+            return [t < n for t in range(timesteps)]
+        if schedule == "last":
+            n = math.ceil(timesteps / 2)
+            return [t >= timesteps - n for t in range(timesteps)]
+        if schedule == "alternate":
+            return [t % 2 == 0 for t in range(timesteps)]
+    try:
+        flags = parse_schedule(schedule, "HTT schedule")
+    except (TypeError, ValueError):
+        raise ValueError(f"HTT schedule must be one of {SCHEDULES}, a string of {timesteps} F/H letters or "
+                         f"a list of {timesteps} booleans, got {schedule!r}") from None
+    if len(flags) != timesteps:
+        raise ValueError(f"HTT schedule must have one entry per timestep ({timesteps}), got {len(flags)}")
+    return flags

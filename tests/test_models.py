@@ -1,0 +1,356 @@
+"""MS-ResNet models: shapes, the paper's counts, both backends on identical math,
+merge equivalence on whole models, a short convergence test against the reference
+backend, saved-memory accounting, and clear errors for bad input."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from snnops import models
+from snnops.models.blocks import SeqConv2d, full_steps
+from snnops.nn import MergedTTConv2d, TTConv2d
+
+CONVS = ("dense", "stt", "ptt", "htt")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Small shapes: threads only add scheduling noise on a shared machine.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _spiking_bn(model, seed=0):
+    """BN scales that make every layer fire (untrained, the residual branches start
+    almost silent); then running statistics from a few training-mode batches."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            with torch.no_grad():
+                m.weight.copy_(0.8 + 0.7 * torch.rand(m.weight.shape, generator=g))
+                m.bias.copy_(-0.1 + 0.4 * torch.rand(m.bias.shape, generator=g))
+    return model
+
+
+def _rates(model, x):
+    rates = []
+    hooks = [m.register_forward_hook(lambda m, i, o: rates.append(float(o.mean())))
+             for m in model.modules() if isinstance(m, models.blocks.SpikingNeuron)]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return rates
+
+
+# ----------------------------------------------------------------------------- shapes
+
+@pytest.mark.parametrize("conv", CONVS)
+def test_shapes_static_and_event_input(conv):
+    model = models.ms_resnet18(conv, timesteps=2, num_classes=7, in_channels=2)
+    assert model(torch.randn(3, 2, 8, 8)).shape == (3, 7)
+    assert model(torch.randn(2, 3, 2, 12, 8)).shape == (3, 7)   # [T, B, C, H, W]
+
+
+def test_resnet34_shape_and_layers():
+    model = models.ms_resnet34("ptt", timesteps=1)
+    assert len(model.blocks) == 16 and len(model.ranks) == 32
+    assert model(torch.randn(2, 3, 8, 8)).shape == (2, 10)
+
+
+def test_static_input_equals_repeated_event_frames():
+    """The stem runs once for a static image; the result is that of T equal frames."""
+    model = _spiking_bn(models.ms_resnet18("ptt", timesteps=3, backend="reference"))
+    x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
+    model.double()
+    a = model(x)
+    b = model(x.unsqueeze(0).expand(3, -1, -1, -1, -1).contiguous())
+    torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------- counts
+
+def test_dense_counts_reproduce_the_paper():
+    r18 = models.ms_resnet18("dense")
+    assert r18.count_params() == pytest.approx(11.20e6, rel=0.005)      # paper: 11.20 M
+    assert r18.count_macs((3, 32, 32)) == pytest.approx(2.221e9, rel=0.001)  # 2.221 G over T = 4
+    r34 = models.ms_resnet34("dense", timesteps=6, num_classes=101, in_channels=2)
+    assert r34.count_params() == pytest.approx(21.31e6, rel=0.002)      # 21.31 M
+    assert r34.count_macs((2, 48, 48)) == pytest.approx(15.65e9, rel=0.001)  # 15.65 G over T = 6
+
+
+def _tt_formula(model, size, htt):
+    """The paper's counts, written out independently of the model code."""
+    c, h, w = size
+    steps = model.timesteps
+    full = sum(full_steps("first", steps)) if htt else steps
+    macs = 9 * c * 64 * h * w * steps
+    cin = 64
+    for stage, (cout, n) in enumerate(zip((64, 128, 256, 512), (2, 2, 2, 2))):
+        for b in range(n):
+            for layer, (ci, co) in enumerate(((cin, cout), (cout, cout))):
+                r = model.ranks[4 * stage + 2 * b + layer]
+                macs += h * w * (full * (r * ci + 6 * r * r + r * co) + (steps - full) * r * (ci + co))
+                if stage > 0 and b == 0 and layer == 0:
+                    macs += (h // 2) * (w // 2) * ci * co * steps  # 1x1 shortcut at the output size
+                    h, w = h // 2, w // 2
+            cin = cout
+    return macs + 512 * 10
+
+
+@pytest.mark.parametrize("conv", ("stt", "ptt", "htt"))
+def test_tt_counts_default_ranks(conv):
+    model = models.ms_resnet18(conv)
+    assert model.ranks == [16] * 8 + [64] * 4 + [176] * 4
+    # The default ranks give the paper's 1.83 M parameters within 5%.
+    assert model.count_params() == pytest.approx(1.83e6, rel=0.05)
+    assert model.count_macs((3, 32, 32)) == _tt_formula(model, (3, 32, 32), conv == "htt")
+    assert model.count_macs((3, 32, 32)) == pytest.approx(0.372e9 if conv != "htt" else 0.282e9, rel=0.05)
+
+
+def test_rank_forms():
+    assert models.ms_resnet18("ptt", ranks=8).ranks == [8] * 16
+    assert models.ms_resnet18("ptt", ranks=[4, 8, 12, 16]).ranks == [4] * 4 + [8] * 4 + [12] * 4 + [16] * 4
+    per_layer = list(range(1, 17))
+    assert models.ms_resnet18("stt", ranks=per_layer).ranks == per_layer
+    assert models.ms_resnet34("ptt", ranks=[1, 2, 3, 4]).ranks == [1] * 6 + [2] * 8 + [3] * 12 + [4] * 6
+
+
+def test_vbmf_ranks_from_a_dense_model():
+    dense = models.ms_resnet18("dense")
+    with pytest.raises(ValueError, match="blocks.0.conv1.*untrained"):
+        models.ms_resnet18("ptt", ranks="vbmf", dense_model=dense)   # EVBMF needs trained kernels
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():   # kernels with clear low-rank structure, as training leaves them
+        for _, _, m in dense.tt_layers():
+            cout, cin = m.weight.shape[:2]
+            low = torch.randn(cout, 6, generator=g) @ torch.randn(6, 9 * cin, generator=g)
+            m.weight.copy_((low + 0.01 * torch.randn(cout, 9 * cin, generator=g)).view_as(m.weight))
+    tt = models.ms_resnet18("ptt", ranks="vbmf", dense_model=dense)
+    assert tt.ranks == [6] * 16
+
+
+# ----------------------------------------------------------------------------- backends
+
+@pytest.mark.parametrize("conv", CONVS)
+def test_backends_identical_math(conv):
+    """snnops and plain-PyTorch backends share parameters; in float64 (no threshold
+    ties from rounding) forward and gradients agree."""
+    torch.manual_seed(1)
+    fast = _spiking_bn(models.ms_resnet18(conv, timesteps=2)).double()
+    plain = models.convert_backend(fast, "reference")
+    assert plain.backend == "reference" and all(
+        m.backend == "reference" for m in plain.modules() if isinstance(m, (TTConv2d,)))
+    x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
+    y = torch.randint(0, 10, (4,))
+    a, b = fast(x), plain(x)
+    assert min(_rates(fast, x)) > 0.0
+    torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    F.cross_entropy(a, y).backward()
+    F.cross_entropy(b, y).backward()
+    for (name, p), q in zip(fast.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-7, atol=1e-9, msg=name)
+
+
+def test_dense_backends_bit_identical_float32():
+    """Dense: both backends run the same oneDNN convs and the LIFs agree exactly."""
+    fast = _spiking_bn(models.ms_resnet18("dense", timesteps=2))
+    plain = models.convert_backend(fast, "reference")
+    x = torch.randn(4, 3, 8, 8)
+    assert torch.equal(fast(x), plain(x))
+
+
+def test_spike_conv_saves_bits():
+    """The snnops dense model keeps the convs' spike inputs as bits: autograd saves
+    about 1/3 of what the plain-PyTorch model saves (BN inputs stay float)."""
+    fast = models.ms_resnet18("dense", timesteps=4)
+    plain = models.convert_backend(fast, "reference")
+    x = torch.randn(2, 3, 16, 16)
+
+    def saved_bytes(model):
+        seen = {}
+
+        def pack(t):
+            if isinstance(t, torch.Tensor):
+                seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(x)
+        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        return sum(v for k, v in seen.items() if k not in params)
+
+    ratio = saved_bytes(plain) / saved_bytes(fast)
+    assert ratio > 2.5, ratio
+    # and the packed copy gives the same gradients (checked in float32 here)
+    y = torch.randint(0, 10, (2,))
+    F.cross_entropy(fast(x), y).backward()
+    F.cross_entropy(plain(x), y).backward()
+    for p, q in zip(fast.parameters(), plain.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_subsampled_shortcut_is_the_strided_conv():
+    conv = SeqConv2d(8, 16, 1, stride=2, bias=False)
+    x = torch.randn(2, 3, 8, 7, 9)
+    expected = conv(x)
+    conv.subsample_first = True
+    torch.testing.assert_close(conv(x), expected, rtol=1e-6, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- merge
+
+@pytest.mark.parametrize("conv", ("stt", "ptt", "htt"))
+@pytest.mark.parametrize("backend", ("snnops", "reference"))
+def test_merge_whole_model(conv, backend):
+    """A trained-like TT model (firing BN, running statistics) and its merged dense
+    form give the same predictions; in float64 the logits agree to rounding."""
+    torch.manual_seed(2)
+    model = _spiking_bn(models.ms_resnet18(conv, timesteps=4, backend=backend))
+    x = torch.randn(8, 3, 8, 8)
+    with torch.no_grad():
+        for _ in range(3):
+            model(x + 0.1 * torch.randn_like(x))
+    model.eval()
+    merged = models.merge(model)
+    assert merged.conv == f"merged-{conv}"
+    layers = [m for _, _, m in merged.tt_layers()]
+    assert all(isinstance(m, MergedTTConv2d) for m in layers)
+    assert all(isinstance(m, TTConv2d) for _, _, m in model.tt_layers())  # the original is untouched
+    if conv != "stt":  # PTT / HTT kernels have zero corners
+        w = layers[0].conv.weight
+        assert torch.count_nonzero(w[:, :, ::2, ::2]) == 0
+    rates = _rates(model, x)
+    assert sum(r > 0 for r in rates) >= 0.75 * len(rates), rates  # spikes flow through the TT layers
+    with torch.no_grad():
+        a, b = model(x), merged(x)
+    assert torch.equal(a.argmax(1), b.argmax(1))
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        a64, b64 = model.double()(x.double()), merged.double()(x.double())
+    torch.testing.assert_close(a64, b64, rtol=1e-10, atol=1e-10)
+
+
+def test_merge_dense_is_a_copy():
+    model = models.ms_resnet18("dense", timesteps=1)
+    merged = models.merge(model)
+    assert merged is not model and merged.conv == "dense"
+    with pytest.raises(TypeError, match="MS-ResNet"):
+        models.merge(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("schedule", ("last", "alternate", "FHHF", [False, True, True, False]))
+def test_htt_schedules(schedule):
+    model = _spiking_bn(models.ms_resnet18("htt", timesteps=4, schedule=schedule)).eval()
+    layer = model.blocks[0].conv1
+    assert layer.schedule_for(4) == full_steps(schedule, 4)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), models.merge(model)(x), rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- convergence
+
+def _digits(n=96, size=8):
+    from snnops import data
+    split = data.digits(size=size)
+    return split.x_train[:n], split.y_train[:n]
+
+
+def _loss_curve(model, x, y, steps, batch):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    losses = []
+    for s in range(steps):
+        i = (s * batch) % len(y)
+        xb, yb = x[i:i + batch], y[i:i + batch]
+        opt.zero_grad()
+        loss = F.cross_entropy(model(xb), yb)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def test_convergence_matches_reference_backend_dense():
+    """A small dense MS-ResNet18 (8x8 digits, T = 2) trained on both backends from the
+    same initialization: the loss falls, and the curves match: the forward is
+    bit-identical (same oneDNN convolutions, LIF exact against the loop); gradients
+    differ only by rounding (the subsampled shortcut), which can flip a spike at a
+    threshold tie some steps later, so later steps get a looser tolerance."""
+    x, y = _digits()
+    torch.manual_seed(3)
+    fast = models.ms_resnet18("dense", timesteps=2, in_channels=1)
+    plain = models.convert_backend(fast, "reference")
+    a = _loss_curve(fast, x, y, steps=12, batch=32)
+    b = _loss_curve(plain, x, y, steps=12, batch=32)
+    assert sum(a[-3:]) < 0.7 * sum(a[:3]) and sum(b[-3:]) < 0.7 * sum(b[:3]), (a, b)
+    assert a[0] == b[0]
+    torch.testing.assert_close(torch.tensor(a[:4]), torch.tensor(b[:4]), rtol=1e-4, atol=1e-4)
+    assert max(abs(p - q) for p, q in zip(a, b)) < 0.25, (a, b)
+
+
+def test_convergence_matches_reference_backend_ptt():
+    """PTT: the fused TT kernels round differently from four separate convolutions,
+    so the comparison runs in float64 (no spike flips at threshold ties): the loss
+    falls and the two curves agree step by step."""
+    x, y = _digits()
+    torch.manual_seed(3)
+    fast = models.ms_resnet18("ptt", timesteps=2, in_channels=1, ranks=8).double()
+    plain = models.convert_backend(fast, "reference")
+    a = _loss_curve(fast, x.double(), y, steps=18, batch=32)
+    b = _loss_curve(plain, x.double(), y, steps=18, batch=32)
+    assert sum(a[-3:]) < 0.6 * sum(a[:3]), a
+    torch.testing.assert_close(torch.tensor(a), torch.tensor(b), rtol=1e-6, atol=1e-6)
+
+
+def test_convergence_float32_close_to_reference():
+    """float32 (the training dtype): rounding differs between kernels, so a spike can
+    flip at a threshold tie and the curves drift apart slowly; both still fall and
+    stay close."""
+    x, y = _digits()
+    torch.manual_seed(4)
+    fast = models.ms_resnet18("htt", timesteps=2, in_channels=1, ranks=8)
+    plain = models.convert_backend(fast, "reference")
+    a = _loss_curve(fast, x, y, steps=12, batch=32)
+    b = _loss_curve(plain, x, y, steps=12, batch=32)
+    assert sum(a[-3:]) < 0.7 * sum(a[:3]) and sum(b[-3:]) < 0.7 * sum(b[:3])
+    assert max(abs(p - q) for p, q in zip(a, b)) < 0.25, (a, b)
+
+
+# ----------------------------------------------------------------------------- errors
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(conv="tt"), "conv must be one of"),
+    (dict(conv="ptt", ranks=[4, 4]), "one int, 4 .one per stage. or 16"),
+    (dict(conv="ptt", ranks=0), "ranks must be >= 1"),
+    (dict(conv="ptt", ranks="auto"), "'vbmf'"),
+    (dict(conv="ptt", ranks="vbmf"), "dense_model"),
+    (dict(backend="cuda"), "backend must be one of"),
+    (dict(timesteps=0), "timesteps must be a positive integer"),
+    (dict(conv="htt", schedule="middle"), "HTT schedule"),
+    (dict(conv="htt", timesteps=4, schedule="FFH"), "HTT schedule"),
+    (dict(decay=1.5), "decay must be in"),
+    (dict(surrogate="nope"), "unknown name"),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        models.ms_resnet18(**kwargs)
+
+
+def test_bad_inputs():
+    model = models.ms_resnet18("ptt", timesteps=2)
+    with pytest.raises(ValueError, match="too small"):
+        model(torch.randn(1, 3, 4, 4))
+    with pytest.raises(ValueError, match="3 channels|in_channels=3"):
+        model(torch.randn(1, 1, 8, 8))
+    with pytest.raises(ValueError, match="timesteps=2"):
+        model(torch.randn(3, 1, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
+        model(torch.randn(3, 8, 8))
+    with pytest.raises(TypeError, match="floating point"):
+        model(torch.zeros(1, 3, 8, 8, dtype=torch.int64))
+    with pytest.raises(ValueError, match="too small"):
+        model.count_macs((3, 4, 4))
+    with pytest.raises(ValueError, match="unknown model"):
+        models.build("resnet50")
+    assert isinstance(models.build("ms-resnet18", conv="dense", timesteps=1), models.MSResNet)
