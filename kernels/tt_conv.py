@@ -166,6 +166,28 @@ def _unpack_kernel(packed_ptr, out_ptr, total, C, H, W, words, son, soc, soh, so
     tl.store(out_ptr + n * son + c * soc + h * soh + w * sow, bit.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _pack_kernel(x_ptr, out_ptr, bad_ptr, total, C, H, W, words, sxn, sxc, sxh, sxw, BLOCK: tl.constexpr):
+    # word w of pixel (n, h, w): bit b = (x[n, 32 w + b, h, w] == 1); counts non-0/1 values in bad
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # over N*H*W*words
+    mask = i < total
+    wd = i % words
+    px = i // words
+    w = px % W
+    h = (px // W) % H
+    n = px // (W * H)
+    word = tl.zeros([BLOCK], dtype=tl.int32)
+    bad = tl.zeros([BLOCK], dtype=tl.int32)
+    for b in range(32):
+        c = wd * 32 + b
+        m = mask & (c < C)
+        v = tl.load(x_ptr + n * sxn + c * sxc + h * sxh + w * sxw, mask=m, other=0.0)
+        word = word | tl.where(v == 1.0, 1 << b, 0)
+        bad += tl.where(m & (v != 0.0) & (v != 1.0), 1, 0)
+    tl.store(out_ptr + i, word, mask=mask)
+    tl.atomic_add(bad_ptr, tl.sum(bad, axis=0))
+
+
 # ---------------------------------------------------------------------------- launchers
 
 def _taps_tensor(taps, device):
@@ -329,10 +351,26 @@ def unpack(packed, channels, dtype):
     return out
 
 
+def pack(x):
+    n, c, h, w = x.shape
+    words = (c + 31) // 32
+    out = torch.empty((n, h, w, words), dtype=torch.int32, device=x.device)
+    bad = torch.zeros(1, dtype=torch.int32, device=x.device)
+    total = out.numel()
+    if total:
+        _pack_kernel[(triton.cdiv(total, 128),)](x, out, bad, total, c, h, w, words, *x.stride(), BLOCK=128)
+    if int(bad.item()):
+        raise RuntimeError(f"snnops.tt_conv: x must hold 0/1 spikes; found {int(bad.item())} other values")
+    return out
+
+
 def tt_conv(packed, x, g1, w2, w3, w4, parallel, schedule, pool_after):
-    s = unpack(packed, g1.shape[1], g1.dtype)
+    packed_out = pack(x) if packed is None else g1.new_empty(0, dtype=torch.int32)
+    words = packed_out if packed is None else packed
+    s = unpack(words, g1.shape[1], g1.dtype)
     o = taps(s, g1[:, :, 0, 0].t()[None], ONE_TAP, g1.shape[0])
-    return tt_block(o, w2, w3, w4, parallel, schedule, pool_after)
+    y, idx = tt_block(o, w2, w3, w4, parallel, schedule, pool_after)
+    return y, idx, packed_out
 
 
 def tt_conv_bwd(grad_y, packed, g1, w2, w3, w4, pool_index, parallel, schedule, pool_after, output_mask):

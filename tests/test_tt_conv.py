@@ -224,9 +224,12 @@ def test_tt_conv_matches_reference(cpu_isa, parallel, schedule, pool, cin, r, co
     packed = snnops.pack_spikes(x, 1)
     g1 = torch.randn(r, cin, 1, 1)
     w2, w3, w4 = block_weights(r, cout, parallel)
-    y, idx = torch.ops.snnops.tt_conv(packed, x, g1, w2, w3, w4, parallel, schedule, pool)
+    y, idx, _ = torch.ops.snnops.tt_conv(packed, x, g1, w2, w3, w4, parallel, schedule, pool)
     ref, ref_idx = reference.tt_conv(packed, x, g1, w2, w3, w4, parallel, schedule, pool)
     close(y, ref)
+    # float spikes in: the kernel packs them itself and returns the same words
+    y2, idx2, words = torch.ops.snnops.tt_conv(None, x, g1, w2, w3, w4, parallel, schedule, pool)
+    assert torch.equal(words, packed) and torch.equal(y2, y) and torch.equal(idx2, idx)
     if pool:
         assert torch.equal(idx, ref_idx)
     g = torch.randn_like(ref)
@@ -246,7 +249,7 @@ def test_tt_conv_float64_gradients(parallel, schedule, pool):
     ws = [w.requires_grad_() for w in block_weights(3, 4, parallel, torch.float64)]
 
     def fused(g1, w2, w3, w4):
-        return torch.ops.snnops.tt_conv(packed, x, g1, w2, w3, w4, parallel, schedule, pool)[0]
+        return torch.ops.snnops.tt_conv(None, x, g1, w2, w3, w4, parallel, schedule, pool)[0]
 
     assert torch.autograd.gradcheck(fused, (g1, *ws), fast_mode=True)
     y = fused(g1, *ws)
@@ -263,7 +266,7 @@ def test_tt_conv_packed_only_and_masks():
     packed = snnops.pack_spikes(x, 1)
     g1 = torch.randn(4, 40, 1, 1)
     w2, w3, w4 = block_weights(4, 6, True)
-    y, _ = torch.ops.snnops.tt_conv(packed, None, g1, w2, w3, w4, True, [], False)
+    y, _, _ = torch.ops.snnops.tt_conv(packed, None, g1, w2, w3, w4, True, [], False)
     close(y, reference.tt_conv(packed, None, g1, w2, w3, w4, True, [], False)[0])
     g = torch.randn_like(y)
     gx, gg1, g2, g3, g4 = torch.ops.snnops.tt_conv_bwd(g, packed, g1, w2, w3, w4, torch.empty(0, dtype=torch.uint8),
@@ -282,6 +285,10 @@ def test_tt_conv_bad_input():
         snnops.tt_conv(torch.zeros(2, 5, 5, 2, dtype=torch.int32), g1, w2, w3, w4)
     with pytest.raises(RuntimeError, match="ceil"):
         torch.ops.snnops.tt_conv(torch.zeros(2, 5, 5, 2, dtype=torch.int32), None, g1, w2, w3, w4, True, [], False)
+    with pytest.raises(RuntimeError, match=r"0/1 spikes; found 0.5 at \[1, 3, 2, 4\]"):
+        x = torch.zeros(2, 8, 5, 5)
+        x[1, 3, 2, 4] = 0.5
+        torch.ops.snnops.tt_conv(None, x, g1, w2, w3, w4, True, [], False)
     with pytest.raises(ValueError, match="x has 5 channels"):
         snnops.tt_conv(torch.zeros(2, 5, 5, 5), g1, w2, w3, w4)
 
@@ -359,8 +366,10 @@ def opcheck_samples():
         yield ("tt_conv", (packed, x.requires_grad_(), g1.requires_grad_(), b2.requires_grad_(),
                            b3.requires_grad_(), b4.requires_grad_(), parallel, schedule, pool), {})
     yield ("tt_conv", (packed, None, g1.detach(), b2.detach(), b3.detach(), b4.detach(), True, [], False), {})
-    _, idx = torch.ops.snnops.tt_conv(packed, None, g1.detach(), b2.detach(), b3.detach(), b4.detach(), True,
-                                      [False, True], True)
+    yield ("tt_conv", (None, x.detach().requires_grad_(), g1.detach().requires_grad_(), b2.detach(), b3.detach(),
+                       b4.detach(), True, [], True), {})
+    _, idx, _ = torch.ops.snnops.tt_conv(packed, None, g1.detach(), b2.detach(), b3.detach(), b4.detach(), True,
+                                         [False, True], True)
     yield ("tt_conv_bwd", (torch.randn(4, 5, 2, 2), packed, g1.detach(), b2.detach(), b3.detach(), b4.detach(), idx,
                            True, [False, True], True, [True, True, False, True, True]), {})
 
@@ -399,7 +408,9 @@ def test_triton_tt_block_and_tt_conv(triton_kernels, parallel, schedule, pool):
     for a, b in zip(triton_kernels.tt_block_bwd(g, o, w2, w3, w4, idx, parallel, schedule, pool, [True] * 4),
                     reference.tt_block_bwd(g, o, w2, w3, w4, ref_idx, parallel, schedule, pool, [True] * 4)):
         close(a, b)
-    y, idx = triton_kernels.tt_conv(packed, x, g1, w2, w3, w4, parallel, schedule, pool)
+    y, idx, _ = triton_kernels.tt_conv(packed, x, g1, w2, w3, w4, parallel, schedule, pool)
+    y2, _, words = triton_kernels.tt_conv(None, x, g1, w2, w3, w4, parallel, schedule, pool)
+    assert torch.equal(words, packed) and torch.equal(y2, y)
     ref, ref_idx = reference.tt_conv(packed, x, g1, w2, w3, w4, parallel, schedule, pool)
     close(y, ref)
     if pool:

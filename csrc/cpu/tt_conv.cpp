@@ -34,12 +34,14 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <vector>
 
 #include "cpu/simd.h"
 #include "cpu/spike_gemm.h"
+#include "cpu/spike_pack.h"
 #include "cpu/tt_gemm.h"
 
 namespace snnops {
@@ -217,9 +219,13 @@ struct Problem {
   bool parallel, pool, has_g4;
   std::vector<uint8_t> full;  // per image: 1 = full step, 0 = HTT half step
   int64_t band_rows, bands;
-  // tt_conv: o = G1(s) from packed spikes [N, H, W, words] instead of a tensor o
+  // tt_conv: o = G1(s) from packed spikes [N, H, W, words] instead of a tensor o.
+  // With `spikes` (float 0/1, NCHW contiguous) the band packs them itself and writes
+  // its rows of `bits` (the op's packed output, kept for backward).
   const uint32_t* bits = nullptr;
+  const void* spikes = nullptr;
   int64_t words = 0, cin = 0;
+  mutable std::atomic<int64_t>* bad_spike = nullptr;  // first non-binary value found
   int64_t steps = 1;  // timesteps of the schedule (1 without one)
 
   // Image of the k-th unit of work. Units are dealt round-robin over the timesteps so
@@ -293,19 +299,55 @@ void g1_from_bits(const Problem& pb, const Packed<T>& P, const uint32_t* A, int6
   }
 }
 
+// Pack image rows [lo, hi) of the float spikes (NCHW) into `out` ([pixels, words]);
+// returns the offset of a non-binary value inside the image, or -1.
+template <typename T>
+int64_t pack_rows(const Problem& pb, int64_t n, int64_t lo, int64_t hi, uint32_t* out) {
+  const T* x = static_cast<const T*>(pb.spikes) + (n * pb.cin * pb.H + lo) * pb.W;
+  const int64_t hw = pb.H * pb.W, count = (hi - lo) * pb.W;
+  int64_t bad = -1;
+#if SNN_HAVE_AVX2
+  if constexpr (std::is_same<T, float>::value) {
+    if (use_avx2()) bad = spike_pack::pack_columns_f32(x, pb.cin, hw, count, out, pb.words);
+    else bad = spike_pack::pack_columns<T>(x, pb.cin, hw, count, out, pb.words);
+  } else
+#endif
+  {
+    bad = spike_pack::pack_columns<T>(x, pb.cin, hw, count, out, pb.words);
+  }
+  if (bad < 0) return -1;
+  const int64_t c = bad / count, i = bad % count;  // channel, pixel within the rows
+  return c * hw + lo * pb.W + i;
+}
+
 // The band's input rows [lo, hi) into the padded buffer: read from the tensor o, or
-// computed from the packed spikes by G1.
+// computed by G1 from the packed spikes (packed here first when given as floats).
 template <typename T>
 void fill_input(const Problem& pb, const Packed<T>& P, const View4<const T>& o, T* buf, const Band& b, int64_t n,
-                int64_t lo, int64_t hi, std::vector<T>& tmp) {
+                int64_t lo, int64_t hi, std::vector<T>& tmp, std::vector<uint32_t>& bit_tmp) {
   if (pb.bits == nullptr) return fill_padded<T>(buf, pb.r1, b, o, n, lo, hi);
   std::memset(buf, 0, sizeof(T) * b.buffer_pixels() * pb.r1);
   lo = std::max<int64_t>(lo, 0);
   hi = std::min(hi, b.H);
   const int64_t R = (hi - lo) * b.W;
   if (R <= 0) return;
+  const uint32_t* A = pb.bits + (n * b.H + lo) * b.W * pb.words;
+  if (pb.spikes != nullptr) {
+    // Pack while the rows are in cache; the halo rows go to a scratch only (the
+    // neighbouring band owns them), the band's own rows also to the packed output.
+    bit_tmp.resize(R * pb.words);
+    const int64_t bad = pack_rows<T>(pb, n, lo, hi, bit_tmp.data());
+    if (bad >= 0) {
+      int64_t none = -1;
+      pb.bad_spike->compare_exchange_strong(none, n * pb.cin * pb.H * pb.W + bad);
+      return;
+    }
+    uint32_t* own = const_cast<uint32_t*>(pb.bits) + (n * b.H + b.h0) * b.W * pb.words;
+    std::memcpy(own, bit_tmp.data() + (b.h0 - lo) * b.W * pb.words, sizeof(uint32_t) * b.rows() * b.W * pb.words);
+    A = bit_tmp.data();
+  }
   tmp.resize(R * pb.r1);
-  g1_from_bits<T>(pb, P, pb.bits + (n * b.H + lo) * b.W * pb.words, R, tmp.data());
+  g1_from_bits<T>(pb, P, A, R, tmp.data());
   for (int64_t h = lo; h < hi; ++h)
     std::memcpy(buf + b.at(h, 0) * pb.r1, tmp.data() + (h - lo) * b.W * pb.r1, sizeof(T) * b.W * pb.r1);
 }
@@ -314,6 +356,7 @@ void fill_input(const Problem& pb, const Packed<T>& P, const View4<const T>& o, 
 template <typename T>
 struct FwdScratch {
   std::vector<T> opad, mid, p, ytile, tmp;
+  std::vector<uint32_t> bits;
   std::vector<T*> arow, crow, prow;
 };
 
@@ -382,7 +425,7 @@ void block_forward(const Problem& pb, const Packed<T>& P, const View4<const T>& 
       const int64_t n = pb.image(u / pb.bands);
       const Band b{pb.H, pb.W, (u % pb.bands) * pb.band_rows, std::min(pb.H, (u % pb.bands + 1) * pb.band_rows)};
       s.opad.resize(b.buffer_pixels() * pb.r1);
-      fill_input<T>(pb, P, o, s.opad.data(), b, n, b.h0 - 1, b.h1 + 1, s.tmp);
+      fill_input<T>(pb, P, o, s.opad.data(), b, n, b.h0 - 1, b.h1 + 1, s.tmp, s.bits);
       const int64_t M = b.rows() * pb.W;
       const int64_t out_ch = pb.has_g4 ? pb.cout : pb.r3;
       T* dest = out + (n * pb.H + b.h0) * pb.W * out_ch;
@@ -498,7 +541,7 @@ void block_backward(const Problem& pb, const Packed<T>& P, const View4<const T>&
       const int64_t lo = std::max<int64_t>(b.h0 - 1, 0), hi = std::min(pb.H, b.h1 + 1);
       const int64_t Mh = (hi - lo) * pb.W;
       s.f.opad.resize(b.buffer_pixels() * pb.r1);
-      fill_input<T>(pb, P, o, s.f.opad.data(), b, n, b.h0 - 1, b.h1 + 1, s.f.tmp);
+      fill_input<T>(pb, P, o, s.f.opad.data(), b, n, b.h0 - 1, b.h1 + 1, s.f.tmp, s.f.bits);
 
       // Incoming gradient rows [lo, hi): straight from the tensor when it is
       // channels-last, else gathered (or un-pooled) into a compact scratch.
@@ -884,32 +927,62 @@ Problem conv_problem(const ConvShape& cs, const at::Tensor& packed, const at::Te
   return p;
 }
 
-std::tuple<at::Tensor, at::Tensor> tt_conv_cpu(const at::Tensor& packed_in, const std::optional<at::Tensor>& x,
-                                               const at::Tensor& g1, const at::Tensor& w2, const at::Tensor& w3,
-                                               const at::Tensor& w4, bool parallel, c10::List<bool> schedule,
-                                               bool pool) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> tt_conv_cpu(
+    const std::optional<at::Tensor>& packed_opt, const std::optional<at::Tensor>& x_opt, const at::Tensor& g1,
+    const at::Tensor& w2, const at::Tensor& w3, const at::Tensor& w4, bool parallel, c10::List<bool> schedule,
+    bool pool) {
   const char* op = "snnops.tt_conv";
-  const ConvShape cs = check_conv(packed_in, g1, w2, w3, w4, parallel, schedule, op);
-  if (x.has_value() && x->defined())
-    TORCH_CHECK(x->dim() == 4 && x->size(0) == cs.N && x->size(1) == cs.cin && x->size(2) == cs.H &&
-                    x->size(3) == cs.W,
-                op, ": x must be the float spikes [N, Cin, H, W] = [", cs.N, ", ", cs.cin, ", ", cs.H, ", ", cs.W,
-                "] the packed words were made from, got ", x->sizes());
+  const bool has_packed = packed_opt.has_value() && packed_opt->defined();
+  const bool has_x = x_opt.has_value() && x_opt->defined();
+  TORCH_CHECK(has_packed || has_x, op, ": give the packed spikes, the float spikes x, or both");
+  at::Tensor x, packed;
+  if (has_x) {
+    x = *x_opt;
+    check_float(x, op, "x");
+    TORCH_CHECK(x.dim() == 4 && x.size(1) == g1.size(1), op, ": x must be the float spikes [N, Cin = ", g1.size(1),
+                ", H, W], got ", x.sizes());
+    TORCH_CHECK(x.scalar_type() == g1.scalar_type(), op, ": x must have g1's dtype ", g1.scalar_type(), ", got ",
+                x.scalar_type());
+  }
+  if (has_packed) {
+    packed = packed_opt->contiguous();
+  } else {
+    // packed here, inside the band loop; returned for the backward
+    packed = at::empty({x.size(0), x.size(2), x.size(3), ceil_div(g1.size(1), 32)}, g1.options().dtype(at::kInt));
+  }
+  const ConvShape cs = check_conv(packed, g1, w2, w3, w4, parallel, schedule, op);
+  if (has_x)
+    TORCH_CHECK(x.size(0) == cs.N && x.size(2) == cs.H && x.size(3) == cs.W, op, ": x ", x.sizes(),
+                " and the packed spikes ", packed.sizes(), " disagree");
   const int64_t C = w4.size(0);
   auto opts = g1.options().memory_format(at::MemoryFormat::ChannelsLast);
   at::Tensor y = pool ? at::empty({cs.N, C, cs.H / 2, cs.W / 2}, opts) : at::empty({cs.N, C, cs.H, cs.W}, opts);
   at::Tensor idx = pool ? at::empty({cs.N, C, cs.H / 2, cs.W / 2}, opts.dtype(at::kByte))
                         : at::empty({0}, g1.options().dtype(at::kByte));
-  if (cs.N == 0 || cs.H == 0 || cs.W == 0 || C == 0) return {y, idx};
-  at::Tensor packed = packed_in.contiguous();
-  const Problem pb = conv_problem(cs, packed, g1, w2, w3, w4, parallel, pool, schedule);
+  at::Tensor packed_out = has_packed ? at::empty({0}, g1.options().dtype(at::kInt)) : packed;
+  if (cs.N == 0 || cs.H == 0 || cs.W == 0) return {y, idx, packed_out};
+  at::Tensor xc;
+  std::atomic<int64_t> bad{-1};
+  Problem pb = conv_problem(cs, packed, g1, w2, w3, w4, parallel, pool, schedule);
+  if (!has_packed) {
+    xc = x.contiguous();
+    pb.spikes = xc.data_ptr();
+    pb.bad_spike = &bad;
+  }
   AT_DISPATCH_FLOATING_TYPES(g1.scalar_type(), "tt_conv", [&] {
     auto P = pack_weights<scalar_t>(w2.contiguous(), w3.contiguous(), w4.contiguous(), parallel, true, false);
     pack_g1<scalar_t>(P, g1.contiguous());
     block_forward<scalar_t>(pb, P, View4<const scalar_t>{nullptr, 0, 0, 0, 0}, y.data_ptr<scalar_t>(),
                             pool ? idx.data_ptr<uint8_t>() : nullptr);
   });
-  return {y, idx};
+  const int64_t at_ = bad.load();
+  if (at_ >= 0) {
+    const int64_t hw = cs.H * cs.W;
+    const int64_t n = at_ / (cs.cin * hw), c = (at_ / hw) % cs.cin, h = (at_ % hw) / cs.W, w = at_ % cs.W;
+    TORCH_CHECK(false, op, ": x must hold 0/1 spikes; found ", xc.index({n, c, h, w}).item<double>(), " at [", n,
+                ", ", c, ", ", h, ", ", w, "]");
+  }
+  return {y, idx, packed_out};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> tt_conv_bwd_cpu(

@@ -12,11 +12,14 @@ Ops:
       are the second output, kept for backward.
   tt_block_bwd(grad_y, o, w2, w3, w4, pool_index, parallel, schedule, pool, output_mask)
       -> (grad_o, grad_w2, grad_w3, grad_w4); the intermediates are recomputed from o.
-  tt_conv(packed, x, g1, w2, w3, w4, parallel, schedule, pool) -> (y, pool_index)
-      the whole layer from spikes bit-packed along the channels (``snnops.pack_spikes``
+  tt_conv(packed, x, g1, w2, w3, w4, parallel, schedule, pool) -> (y, pool_index, packed_out)
+      the whole layer on spikes bit-packed along the channels (``snnops.pack_spikes``
       format, int32 ``[N, H, W, ceil(Cin/32)]``): G1 runs inside the same pass as the
-      packed spike GEMM, so o = G1(s) stays in cache too. ``x`` (optional) is the float
-      spikes ``[N, Cin, H, W]`` the words came from: never read, it receives the gradient.
+      packed spike GEMM, so o = G1(s) stays in cache too. ``x`` is the float 0/1 spikes
+      ``[N, Cin, H, W]``: with ``packed`` given it is never read (it receives the
+      gradient); without, the kernel packs it band by band while it is in cache (a
+      value other than 0/1 raises) and returns the words as ``packed_out`` (empty when
+      ``packed`` was given), the one activation the backward needs.
   tt_conv_bwd(grad_y, packed, g1, w2, w3, w4, pool_index, parallel, schedule, pool,
       output_mask) -> (grad_x, grad_g1, grad_w2, grad_w3, grad_w4); o is recomputed from
       the bits, so the packed spikes (1 bit each) are the only activation kept.
@@ -35,8 +38,6 @@ from .. import reference
 from ._registry import define
 
 __all__ = ["ptt_conv", "tt_conv", "tt_block", "first_core"]
-
-from .pack import pack_spikes  # noqa: E402
 
 _CL = torch.channels_last
 
@@ -67,8 +68,10 @@ def _ref_tt_block_bwd(grad_y, o, w2, w3, w4, pool_index, parallel, schedule, poo
 
 
 def _ref_tt_conv(packed, x, g1, w2, w3, w4, parallel, schedule, pool):
-    y, idx = reference.tt_conv(packed, x, g1, w2, w3, w4, parallel, schedule, pool)
-    return _cl(y), _cl(idx)
+    packed_out = packed.new_empty(0) if packed is not None else reference.pack_spikes(x, 1)
+    y, idx = reference.tt_conv(packed if packed is not None else packed_out, x, g1, w2, w3, w4, parallel,
+                               schedule, pool)
+    return _cl(y), _cl(idx), packed_out
 
 
 def _ref_tt_conv_bwd(grad_y, packed, g1, w2, w3, w4, pool_index, parallel, schedule, pool, output_mask):
@@ -95,8 +98,8 @@ define("tt_block(Tensor o, Tensor w2, Tensor w3, Tensor w4, bool parallel, bool[
 define("tt_block_bwd(Tensor grad_y, Tensor o, Tensor w2, Tensor w3, Tensor w4, Tensor pool_index, bool parallel,"
        " bool[] schedule, bool pool, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)",
        cpu_reference=_ref_tt_block_bwd, cuda_kernel=_triton("tt_block_bwd"))
-define("tt_conv(Tensor packed, Tensor? x, Tensor g1, Tensor w2, Tensor w3, Tensor w4, bool parallel,"
-       " bool[] schedule, bool pool) -> (Tensor y, Tensor pool_index)",
+define("tt_conv(Tensor? packed, Tensor? x, Tensor g1, Tensor w2, Tensor w3, Tensor w4, bool parallel,"
+       " bool[] schedule, bool pool) -> (Tensor y, Tensor pool_index, Tensor packed_out)",
        cpu_reference=_ref_tt_conv, cuda_kernel=_triton("tt_conv"))
 define("tt_conv_bwd(Tensor grad_y, Tensor packed, Tensor g1, Tensor w2, Tensor w3, Tensor w4, Tensor pool_index,"
        " bool parallel, bool[] schedule, bool pool, bool[5] output_mask)"
@@ -152,9 +155,16 @@ def _conv_out_shape(packed, w4, pool):
 
 @torch.library.register_fake("snnops::tt_conv")
 def _tt_conv_fake(packed, x, g1, w2, w3, w4, parallel, schedule, pool):
-    shape = _conv_out_shape(packed, w4, pool)
+    if packed is None:
+        n, _, h, w = x.shape
+        packed_out = g1.new_empty((n, h, w, (g1.shape[1] + 31) // 32), dtype=torch.int32)
+        words = packed_out
+    else:
+        packed_out = g1.new_empty(0, dtype=torch.int32)
+        words = packed
+    shape = _conv_out_shape(words, w4, pool)
     idx = _empty_cl(shape, g1, torch.uint8) if pool else g1.new_empty(0, dtype=torch.uint8)
-    return _empty_cl(shape, g1), idx
+    return _empty_cl(shape, g1), idx, packed_out
 
 
 @torch.library.register_fake("snnops::tt_conv_bwd")
@@ -203,11 +213,11 @@ torch.library.register_autograd("snnops::tt_block", _block_backward, setup_conte
 def _conv_setup(ctx, inputs, output):
     packed, x, g1, w2, w3, w4, parallel, schedule, pool = inputs
     # The packed spikes are the only activation kept (x is not saved).
-    ctx.save_for_backward(packed, g1, w2, w3, w4, output[1])
+    ctx.save_for_backward(packed if packed is not None else output[2], g1, w2, w3, w4, output[1])
     ctx.params = (parallel, list(schedule), pool)
 
 
-def _conv_backward(ctx, grad_y, grad_index):
+def _conv_backward(ctx, grad_y, grad_index, grad_packed):
     packed, g1, w2, w3, w4, pool_index = ctx.saved_tensors
     need = ctx.needs_input_grad
     mask = [need[1], need[2], need[3], need[4], need[5]]
@@ -335,32 +345,36 @@ def tt_conv(x, g1, g2, g3, g4, *, parallel: bool = True, schedule: Sequence[bool
         return tt_block(first_core(x.to(g1.dtype), g1), g2, g3, g4, parallel=parallel, schedule=schedule, pool=pool)
     if isinstance(x, torch.Tensor) and x.dtype == torch.int32:
         packed, x = x, None
+    if x is None and packed is None:
+        raise ValueError(f"{op}: give the spikes x, or their packed words")
     if x is not None:
         _check_tensor(x, "x", op, 4)
         _check_same(g1, (("x", x),), op)
         if x.shape[1] != g1.shape[1]:
             raise ValueError(f"{op}: x has {x.shape[1]} channels but g1 expects {g1.shape[1]}")
-    if packed is None:
-        try:
-            packed = pack_spikes(x.detach(), 1)
-        except (RuntimeError, ValueError) as exc:
-            raise ValueError(f"{op}: the input must be 0/1 spikes for the spiking path ({exc}); "
-                             f"use spiking=False (TTConv2d(..., spiking=False)) for real-valued inputs") from None
-    if not isinstance(packed, torch.Tensor) or packed.dtype != torch.int32 or packed.dim() != 4:
-        raise ValueError(f"{op}: packed spikes must be int32 [N, H, W, ceil(Cin/32)], got "
-                         f"{getattr(packed, 'dtype', type(packed).__name__)} {tuple(getattr(packed, 'shape', ()))}")
-    if packed.shape[-1] != (g1.shape[1] + 31) // 32:
-        raise ValueError(f"{op}: packed spikes have {packed.shape[-1]} words per pixel but Cin = {g1.shape[1]} "
-                         f"needs {(g1.shape[1] + 31) // 32}")
-    if x is not None and (tuple(x.shape[2:]) != tuple(packed.shape[1:3]) or x.shape[0] != packed.shape[0]):
-        raise ValueError(f"{op}: x {tuple(x.shape)} and its packed words {tuple(packed.shape)} disagree")
+    if packed is not None:
+        if not isinstance(packed, torch.Tensor) or packed.dtype != torch.int32 or packed.dim() != 4:
+            raise ValueError(f"{op}: packed spikes must be int32 [N, H, W, ceil(Cin/32)], got "
+                             f"{getattr(packed, 'dtype', type(packed).__name__)} "
+                             f"{tuple(getattr(packed, 'shape', ()))}")
+        if packed.shape[-1] != (g1.shape[1] + 31) // 32:
+            raise ValueError(f"{op}: packed spikes have {packed.shape[-1]} words per pixel but Cin = {g1.shape[1]} "
+                             f"needs {(g1.shape[1] + 31) // 32}")
+        if x is not None and (tuple(x.shape[2:]) != tuple(packed.shape[1:3]) or x.shape[0] != packed.shape[0]):
+            raise ValueError(f"{op}: x {tuple(x.shape)} and its packed words {tuple(packed.shape)} disagree")
     if parallel:
         _check_ptt_weights(g1.new_empty(0, g1.shape[0], 0, 0), g2, g3, op)
     elif not all(schedule):
         raise ValueError(f"{op}: half steps need the parallel form (HTT is PTT with half steps)")
     if g4.shape[1:] != (g3.shape[0], 1, 1):
         raise ValueError(f"{op}: g4 must be [Cout, {g3.shape[0]}, 1, 1], got {tuple(g4.shape)}")
-    if schedule and packed.shape[0] % len(schedule):
-        raise ValueError(f"{op}: {packed.shape[0]} images are not a whole number of the schedule's "
+    images = packed.shape[0] if packed is not None else x.shape[0]
+    if schedule and images % len(schedule):
+        raise ValueError(f"{op}: {images} images are not a whole number of the schedule's "
                          f"{len(schedule)} timesteps")
-    return torch.ops.snnops.tt_conv(packed, x, g1, g2, g3, g4, bool(parallel), schedule, bool(pool))[0]
+    try:
+        return torch.ops.snnops.tt_conv(packed, x, g1, g2, g3, g4, bool(parallel), schedule, bool(pool))[0]
+    except RuntimeError as exc:
+        if "0/1 spikes" not in str(exc):
+            raise
+        raise ValueError(f"{exc}; use spiking=False (TTConv2d(..., spiking=False)) for real-valued inputs") from None
