@@ -453,9 +453,63 @@ struct Grads {
   bool x = false, g1 = false;  // tt_conv: the spikes' and G1's gradients (o is then internal)
 };
 
+#if SNN_HAVE_AVX2
+// dG1^T[c][:] += go[i][:] over the set bits c of row i: the row of go (up to 64
+// channels per pass) sits in registers, each set bit is a read-add-write of one
+// L1-resident row of the accumulator. (The portable loop took 6.5 ms of a 41 ms
+// backward here, r 32, density 0.2.)
+template <int NV>
+SNN_AVX2 void g1_scatter_pass_avx2(const Problem& pb, const uint32_t* A, int64_t R, const float* go, float* acc,
+                                   int64_t j0, int64_t tail) {
+  const __m256i mask = tail_mask(tail);
+  const int64_t r = pb.r1;
+  for (int64_t i = 0; i < R; ++i) {
+    __m256 g[NV];
+    for (int v = 0; v < NV; ++v)
+      g[v] = (tail && v == NV - 1) ? _mm256_maskload_ps(go + i * r + j0 + 8 * v, mask)
+                                   : _mm256_loadu_ps(go + i * r + j0 + 8 * v);
+    for (int64_t wd = 0; wd < pb.words; ++wd) {
+      uint32_t m = A[i * pb.words + wd];
+      while (m) {
+        float* d = acc + (wd * 32 + __builtin_ctz(m)) * r + j0;
+        m &= m - 1;
+        for (int v = 0; v < NV; ++v) {
+          if (tail && v == NV - 1)
+            _mm256_maskstore_ps(d + 8 * v, mask, _mm256_add_ps(_mm256_maskload_ps(d + 8 * v, mask), g[v]));
+          else
+            _mm256_storeu_ps(d + 8 * v, _mm256_add_ps(_mm256_loadu_ps(d + 8 * v), g[v]));
+        }
+      }
+    }
+  }
+}
+
+SNN_AVX2 void g1_scatter_avx2(const Problem& pb, const uint32_t* A, int64_t R, const float* go, float* acc) {
+  for (int64_t j0 = 0; j0 < pb.r1; j0 += 64) {
+    const int64_t nb = std::min<int64_t>(64, pb.r1 - j0);
+    const int64_t tail = nb % 8;
+    switch (ceil_div(nb, 8)) {
+      case 1: g1_scatter_pass_avx2<1>(pb, A, R, go, acc, j0, tail); break;
+      case 2: g1_scatter_pass_avx2<2>(pb, A, R, go, acc, j0, tail); break;
+      case 3: g1_scatter_pass_avx2<3>(pb, A, R, go, acc, j0, tail); break;
+      case 4: g1_scatter_pass_avx2<4>(pb, A, R, go, acc, j0, tail); break;
+      case 5: g1_scatter_pass_avx2<5>(pb, A, R, go, acc, j0, tail); break;
+      case 6: g1_scatter_pass_avx2<6>(pb, A, R, go, acc, j0, tail); break;
+      case 7: g1_scatter_pass_avx2<7>(pb, A, R, go, acc, j0, tail); break;
+      default: g1_scatter_pass_avx2<8>(pb, A, R, go, acc, j0, tail); break;
+    }
+  }
+}
+#endif
+
 // dG1^T[c][:] += go[i][:] for every set bit c of row i (work in proportion to the spikes).
 template <typename T>
 void g1_grad_scatter(const Problem& pb, const uint32_t* A, int64_t R, const T* go, T* acc) {
+#if SNN_HAVE_AVX2
+  if constexpr (std::is_same<T, float>::value) {
+    if (use_avx2()) return g1_scatter_avx2(pb, A, R, go, acc);
+  }
+#endif
   const int64_t r = pb.r1;
   for (int64_t i = 0; i < R; ++i) {
     const T* g = go + i * r;
