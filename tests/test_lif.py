@@ -61,6 +61,16 @@ def test_grid_against_reference(cpu_isa, surrogate, detach_reset, v_reset, form)
     compare(x, None, **kw)
 
 
+@pytest.mark.parametrize("lanes", ["16", "32", "64", "128", "256"])
+@pytest.mark.parametrize("surrogate,detach_reset,v_reset", [("rect", True, 0.0), ("rect", True, None),
+                                                             ("sigmoid", False, 0.0)])
+def test_every_avx2_block_width(cpu_isa, monkeypatch, lanes, surrogate, detach_reset, v_reset):
+    # the AVX2 kernels take 16..256 neurons per visit (chosen by T); each width must agree
+    monkeypatch.setenv("SNNOPS_LIF_LANES", lanes)
+    compare(torch.randn(7, 2, 600) * 0.8, torch.randn(2, 600) * 0.3, decay=0.25, v_threshold=0.5,
+            surrogate=surrogate, detach_reset=detach_reset, v_reset=v_reset)
+
+
 @pytest.mark.parametrize("surrogate", SURROGATES)
 @pytest.mark.parametrize("detach_reset", [True, False])
 def test_float64_gradients_match_reference(cpu_isa, surrogate, detach_reset):

@@ -276,13 +276,12 @@ SNN_AVX2 static inline __m256 surrogate_ps(const LifParams& p, const VecConsts& 
   return k.zero;
 }
 
-// The AVX2 kernels walk time innermost over 16 neurons (one 64-byte line of each
-// row): membrane and carried gradient live in registers. Measured on lif-T4, this
-// beat walking time over a 1024-neuron L1 buffer (backward 1.45x vs 1.81x the time
-// of an allocating copy of the same bytes), whose extra loads/stores per element
-// and power-of-two row strides cost more than they saved. The neurons past the last
-// multiple of 16 go through the portable code.
-constexpr int64_t kLanes = 16;
+// The AVX2 kernels take L neurons (a multiple of 16) and walk time innermost over
+// them, the membrane and the carried gradient in registers (spilled to L1 for large
+// L). Each visit of a row reads L contiguous floats: small L keeps everything in
+// registers, large L gives the hardware prefetcher long runs when many timestep
+// rows are in flight at once. lanes_for(T) picks L from measurements (below).
+// The neurons past the last multiple of L go through the portable code.
 
 SNN_AVX2 static inline uint32_t load_bits16(const uint8_t* row, int64_t n) {
   uint16_t v;
@@ -294,38 +293,43 @@ SNN_AVX2 static inline void store_bits16(uint8_t* row, int64_t n, uint32_t bits)
   std::memcpy(row + (n >> 3), &v, 2);
 }
 
+template <int L>
 SNN_AVX2 void fwd_avx2(const LifParams& p, const float* x, const float* v0, float* spk,
                        float* v_last, float* membrane, uint8_t* saved, int64_t steps, int64_t N,
                        int64_t n0, int64_t n1) {
+  constexpr int Q = L / 8;
   const int64_t words = ceil_div(N, 32);
   const VecConsts k = make_consts(p);
-  const int64_t end = n0 + (n1 - n0) / kLanes * kLanes;
-  for (int64_t n = n0; n < end; n += kLanes) {
-    __m256 v[2];
-    for (int q = 0; q < 2; ++q) v[q] = v0 ? _mm256_loadu_ps(v0 + n + 8 * q) : k.zero;
+  const int64_t end = n0 + (n1 - n0) / L * L;
+  for (int64_t n = n0; n < end; n += L) {
+    __m256 v[Q];
+    for (int q = 0; q < Q; ++q) v[q] = v0 ? _mm256_loadu_ps(v0 + n + 8 * q) : k.zero;
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t off = t * N + n;
-      uint32_t win = 0, fired = 0;
-      for (int q = 0; q < 2; ++q) {
-        const int64_t o = off + 8 * q;
-        __m256 h = _mm256_add_ps(
-            _mm256_add_ps(_mm256_mul_ps(v[q], k.lam), _mm256_mul_ps(_mm256_loadu_ps(x + o), k.c)), k.b);
-        __m256 m = _mm256_cmp_ps(h, k.vth, _CMP_GE_OQ);
-        _mm256_storeu_ps(spk + o, _mm256_and_ps(m, k.one));
-        v[q] = p.hard ? _mm256_blendv_ps(h, k.vr, m) : _mm256_sub_ps(h, _mm256_and_ps(m, k.vth));
-        if (membrane) _mm256_storeu_ps(membrane + o, v[q]);
-        if (saved) {
-          __m256 w = _mm256_cmp_ps(abs_ps(_mm256_sub_ps(h, k.vth)), k.half, _CMP_LT_OQ);
-          win |= (uint32_t)_mm256_movemask_ps(w) << (8 * q);
-          fired |= (uint32_t)_mm256_movemask_ps(m) << (8 * q);
+      uint8_t* win_row = saved ? plane_row(saved, 0, t, steps, words) : nullptr;
+      uint8_t* spk_row = (saved && p.hard) ? plane_row(saved, 1, t, steps, words) : nullptr;
+      for (int j = 0; j < Q / 2; ++j) {
+        uint32_t win = 0, fired = 0;
+        for (int h2 = 0; h2 < 2; ++h2) {
+          const int q = 2 * j + h2;
+          const int64_t o = off + 8 * q;
+          __m256 h = _mm256_add_ps(
+              _mm256_add_ps(_mm256_mul_ps(v[q], k.lam), _mm256_mul_ps(_mm256_loadu_ps(x + o), k.c)), k.b);
+          __m256 m = _mm256_cmp_ps(h, k.vth, _CMP_GE_OQ);
+          _mm256_storeu_ps(spk + o, _mm256_and_ps(m, k.one));
+          v[q] = p.hard ? _mm256_blendv_ps(h, k.vr, m) : _mm256_sub_ps(h, _mm256_and_ps(m, k.vth));
+          if (membrane) _mm256_storeu_ps(membrane + o, v[q]);
+          if (saved) {
+            __m256 w = _mm256_cmp_ps(abs_ps(_mm256_sub_ps(h, k.vth)), k.half, _CMP_LT_OQ);
+            win |= (uint32_t)_mm256_movemask_ps(w) << (8 * h2);
+            fired |= (uint32_t)_mm256_movemask_ps(m) << (8 * h2);
+          }
         }
-      }
-      if (saved) {
-        store_bits16(plane_row(saved, 0, t, steps, words), n, win);
-        if (p.hard) store_bits16(plane_row(saved, 1, t, steps, words), n, fired);
+        if (win_row) store_bits16(win_row, n + 16 * j, win);
+        if (spk_row) store_bits16(spk_row, n + 16 * j, fired);
       }
     }
-    for (int q = 0; q < 2; ++q) _mm256_storeu_ps(v_last + n + 8 * q, v[q]);
+    for (int q = 0; q < Q; ++q) _mm256_storeu_ps(v_last + n + 8 * q, v[q]);
   }
   if (end < n1) fwd_generic<float>(p, x, v0, spk, v_last, membrane, saved, steps, N, end, n1);
 }
@@ -343,55 +347,66 @@ SNN_AVX2 static inline __m256 bwd_step(const VecConsts& k, __m256 g, __m256 sg, 
   return _mm256_mul_ps(gh, k.lam);
 }
 
+template <int L>
 SNN_AVX2 void bwd_bits_avx2(const LifParams& p, const float* g_spk, const float* g_vlast,
                             const float* g_mem, const uint8_t* saved, float* gx, float* gv0,
                             int64_t steps, int64_t N, int64_t n0, int64_t n1) {
+  constexpr int Q = L / 8;
   const int64_t words = ceil_div(N, 32);
   const VecConsts k = make_consts(p);
   uint8_t* sv = const_cast<uint8_t*>(saved);
-  const int64_t end = n0 + (n1 - n0) / kLanes * kLanes;
-  for (int64_t n = n0; n < end; n += kLanes) {
-    __m256 g[2] = {k.zero, k.zero};
+  const int64_t end = n0 + (n1 - n0) / L * L;
+  for (int64_t n = n0; n < end; n += L) {
+    __m256 g[Q];
+    for (int q = 0; q < Q; ++q) g[q] = k.zero;
     for (int64_t t = steps - 1; t >= 0; --t) {
       const int64_t off = t * N + n;
-      const uint32_t win = load_bits16(plane_row(sv, 0, t, steps, words), n);
-      const uint32_t fired = p.hard ? load_bits16(plane_row(sv, 1, t, steps, words), n) : 0u;
-      for (int q = 0; q < 2; ++q) {
-        __m256 sg = _mm256_and_ps(bits_to_mask((win >> (8 * q)) & 0xff), k.inv_a);
-        __m256 dvdh = _mm256_andnot_ps(bits_to_mask((fired >> (8 * q)) & 0xff), k.one);
-        g[q] = bwd_step(k, g[q], sg, dvdh, g_spk, g_vlast, g_mem, gx, off + 8 * q, n + 8 * q, t == steps - 1);
+      const uint8_t* win_row = plane_row(sv, 0, t, steps, words);
+      const uint8_t* spk_row = p.hard ? plane_row(sv, 1, t, steps, words) : nullptr;
+      for (int j = 0; j < Q / 2; ++j) {
+        const uint32_t win = load_bits16(win_row, n + 16 * j);
+        const uint32_t fired = spk_row ? load_bits16(spk_row, n + 16 * j) : 0u;
+        for (int h2 = 0; h2 < 2; ++h2) {
+          const int q = 2 * j + h2;
+          __m256 sg = _mm256_and_ps(bits_to_mask((win >> (8 * h2)) & 0xff), k.inv_a);
+          __m256 dvdh = _mm256_andnot_ps(bits_to_mask((fired >> (8 * h2)) & 0xff), k.one);
+          g[q] = bwd_step(k, g[q], sg, dvdh, g_spk, g_vlast, g_mem, gx, off + 8 * q, n + 8 * q, t == steps - 1);
+        }
       }
     }
-    if (gv0) for (int q = 0; q < 2; ++q) _mm256_storeu_ps(gv0 + n + 8 * q, g[q]);
+    if (gv0) for (int q = 0; q < Q; ++q) _mm256_storeu_ps(gv0 + n + 8 * q, g[q]);
   }
   if (end < n1) bwd_bits_generic<float>(p, g_spk, g_vlast, g_mem, saved, gx, gv0, steps, N, end, n1);
 }
 
+template <int L>
 SNN_AVX2 void bwd_recompute_avx2(const LifParams& p, const float* x, const float* v0,
                                  const float* g_spk, const float* g_vlast, const float* g_mem,
                                  float* gx, float* gv0, int64_t steps, int64_t N, int64_t n0,
                                  int64_t n1) {
+  constexpr int Q = L / 8;
   const VecConsts k = make_consts(p);
-  std::vector<float> hist_buf(steps * kLanes);
+  std::vector<float> hist_buf(steps * L);
   float* hist = hist_buf.data();
-  const int64_t end = n0 + (n1 - n0) / kLanes * kLanes;
-  for (int64_t n = n0; n < end; n += kLanes) {
-    __m256 v[2];
-    for (int q = 0; q < 2; ++q) v[q] = v0 ? _mm256_loadu_ps(v0 + n + 8 * q) : k.zero;
+  const int64_t end = n0 + (n1 - n0) / L * L;
+  for (int64_t n = n0; n < end; n += L) {
+    __m256 v[Q];
+    for (int q = 0; q < Q; ++q) v[q] = v0 ? _mm256_loadu_ps(v0 + n + 8 * q) : k.zero;
     for (int64_t t = 0; t < steps; ++t) {
-      for (int q = 0; q < 2; ++q) {
+      for (int q = 0; q < Q; ++q) {
         __m256 h = _mm256_add_ps(
             _mm256_add_ps(_mm256_mul_ps(v[q], k.lam), _mm256_mul_ps(_mm256_loadu_ps(x + t * N + n + 8 * q), k.c)),
             k.b);
-        _mm256_storeu_ps(hist + t * kLanes + 8 * q, h);
+        _mm256_storeu_ps(hist + t * L + 8 * q, h);
         __m256 m = _mm256_cmp_ps(h, k.vth, _CMP_GE_OQ);
         v[q] = p.hard ? _mm256_blendv_ps(h, k.vr, m) : _mm256_sub_ps(h, _mm256_and_ps(m, k.vth));
       }
     }
-    __m256 g[2] = {k.zero, k.zero};
+    __m256 g[Q];
+    for (int q = 0; q < Q; ++q) g[q] = k.zero;
     for (int64_t t = steps - 1; t >= 0; --t) {
-      for (int q = 0; q < 2; ++q) {
-        __m256 h = _mm256_loadu_ps(hist + t * kLanes + 8 * q);
+      for (int q = 0; q < Q; ++q) {
+        __m256 h = _mm256_loadu_ps(hist + t * L + 8 * q);
         __m256 sg = surrogate_ps(p, k, _mm256_sub_ps(h, k.vth));
         __m256 dvdh;
         if (p.hard) {
@@ -403,10 +418,29 @@ SNN_AVX2 void bwd_recompute_avx2(const LifParams& p, const float* x, const float
         g[q] = bwd_step(k, g[q], sg, dvdh, g_spk, g_vlast, g_mem, gx, t * N + n + 8 * q, n + 8 * q, t == steps - 1);
       }
     }
-    if (gv0) for (int q = 0; q < 2; ++q) _mm256_storeu_ps(gv0 + n + 8 * q, g[q]);
+    if (gv0) for (int q = 0; q < Q; ++q) _mm256_storeu_ps(gv0 + n + 8 * q, g[q]);
   }
   if (end < n1) bwd_recompute_generic<float>(p, x, v0, g_spk, g_vlast, g_mem, gx, gv0, steps, N, end, n1);
 }
+
+// Lanes per visit by number of timesteps (SNNOPS_LIF_LANES overrides, for measuring).
+// Measured, forward+backward of the rectangular/detached neuron, 1 thread, time
+// relative to an allocating copy of the input (interleaved, noisy shared machine):
+//   lif-T4:  L16 2.61, L32 2.33, L64 2.69, L128 2.73, L256 2.88
+//   lif-T16: L16 3.15, L32 3.21, L64 2.86, L128 3.00, L256 3.39
+inline int lanes_for(int64_t steps) {
+  if (const char* env = std::getenv("SNNOPS_LIF_LANES")) return std::atoi(env);
+  return steps <= 6 ? 32 : 64;
+}
+
+#define SNN_LIF_DISPATCH_LANES(lanes, fn, ...)                  \
+  switch (lanes) {                                              \
+    case 16: fn<16>(__VA_ARGS__); break;                        \
+    case 32: fn<32>(__VA_ARGS__); break;                        \
+    case 64: fn<64>(__VA_ARGS__); break;                        \
+    case 128: fn<128>(__VA_ARGS__); break;                      \
+    default: fn<256>(__VA_ARGS__); break;                       \
+  }
 #endif  // SNN_HAVE_AVX2
 
 // ---------------------------------------------------------------- packed spikes
@@ -528,10 +562,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_fwd_c
     float* mp = return_membrane ? membrane.data_ptr<float>() : nullptr;
     uint8_t* bp = bits ? reinterpret_cast<uint8_t*>(saved.data_ptr<int32_t>()) : nullptr;
     const bool avx2 = use_avx2();
+    const int lanes = lanes_for(steps);
+    (void)lanes;
     at::parallel_for(0, ceil_div(N, 64), group_grain(steps), [&](int64_t g0, int64_t g1) {
       const int64_t n0 = g0 * 64, n1 = std::min(N, g1 * 64);
 #if SNN_HAVE_AVX2
-      if (avx2) return fwd_avx2(p, xp, vp, sp, vl, mp, bp, steps, N, n0, n1);
+      if (avx2) {
+        SNN_LIF_DISPATCH_LANES(lanes, fwd_avx2, p, xp, vp, sp, vl, mp, bp, steps, N, n0, n1);
+        return;
+      }
 #endif
       (void)avx2;
       fwd_generic<float>(p, xp, vp, sp, vl, mp, bp, steps, N, n0, n1);
@@ -614,12 +653,18 @@ std::tuple<at::Tensor, at::Tensor> lif_bwd_cpu(
     float* gxp = gx.data_ptr<float>();
     float* g0p = has_v0 ? gv0.data_ptr<float>() : nullptr;
     const bool avx2 = use_avx2();
+    const int lanes = lanes_for(steps);
+    (void)lanes;
     at::parallel_for(0, ceil_div(N, 64), group_grain(steps), [&](int64_t g0, int64_t g1) {
       const int64_t n0 = g0 * 64, n1 = std::min(N, g1 * 64);
 #if SNN_HAVE_AVX2
       if (avx2) {
-        if (bits) return bwd_bits_avx2(p, gsp, gvp, gmp, bp, gxp, g0p, steps, N, n0, n1);
-        return bwd_recompute_avx2(p, xp, vp, gsp, gvp, gmp, gxp, g0p, steps, N, n0, n1);
+        if (bits) {
+          SNN_LIF_DISPATCH_LANES(lanes, bwd_bits_avx2, p, gsp, gvp, gmp, bp, gxp, g0p, steps, N, n0, n1);
+        } else {
+          SNN_LIF_DISPATCH_LANES(lanes, bwd_recompute_avx2, p, xp, vp, gsp, gvp, gmp, gxp, g0p, steps, N, n0, n1);
+        }
+        return;
       }
 #endif
       (void)avx2;
