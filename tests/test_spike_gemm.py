@@ -40,18 +40,41 @@ def _assert_close_bound(got, exact, bound):
     assert bool((err <= bound).all()), f"max err {err.max().item():.3e}, bound there {bound.flatten()[err.argmax()]:.3e}"
 
 
-@pytest.fixture(params=["auto", "bits", "dense"])
-def path(request, monkeypatch):
-    """The C++ op picks bit-scan or dense by density; force each path too."""
-    if request.param == "auto":
+def _set_isa(monkeypatch, isa):
+    # native: the best kernels of this CPU (AVX-512 accumulation where present);
+    # avx2: the AVX2 kernels; generic: the portable ones.
+    import snnops as _s
+    if isa == "native":
+        monkeypatch.delenv("SNNOPS_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("SNNOPS_CPU_ISA", isa)
+    if isa != "generic" and _s.cpu_isa() != "avx2" and isa != "native":
+        pytest.skip("this CPU (or build) has no AVX2 path")
+
+
+def _set_path(monkeypatch, path):
+    # The C++ op picks bit-scan or dense by density; force each path too.
+    if path == "auto":
         monkeypatch.delenv("SNNOPS_SPIKE_GEMM", raising=False)
     else:
-        monkeypatch.setenv("SNNOPS_SPIKE_GEMM", request.param)
+        monkeypatch.setenv("SNNOPS_SPIKE_GEMM", path)
+
+
+@pytest.fixture(params=["native", "avx2", "generic"])
+def isa(request, monkeypatch):
+    _set_isa(monkeypatch, request.param)
     return request.param
 
 
+COMBOS = [("native", "auto"), ("native", "bits"), ("native", "dense"), ("avx2", "bits"), ("generic", "bits"),
+          ("generic", "dense")]
+
+
+@pytest.mark.parametrize("isa_path", COMBOS, ids=[f"{i}-{p}" for i, p in COMBOS])
 @pytest.mark.parametrize("M,K,N", SHAPES)
-def test_forward_and_grads_match_reference(cpu_isa, path, M, K, N):
+def test_forward_and_grads_match_reference(monkeypatch, isa_path, M, K, N):
+    _set_isa(monkeypatch, isa_path[0])
+    _set_path(monkeypatch, isa_path[1])
     w = torch.randn(N, K)
     b = torch.randn(N)
     for density in DENSITIES:
@@ -75,7 +98,8 @@ def test_forward_and_grads_match_reference(cpu_isa, path, M, K, N):
         torch.testing.assert_close(bg.grad, gy.sum(0))
 
 
-def test_double_kernels_and_gradcheck(cpu_isa):
+def test_double_kernels_and_gradcheck():
+    # float64 runs the portable kernel on every CPU
     torch.manual_seed(3)
     s = _spikes((6, 45), 0.3).double()
     w = torch.randn(7, 45, dtype=torch.float64, requires_grad=True)
@@ -109,7 +133,7 @@ def test_same_result_with_1_and_2_threads():
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
 
 
-def test_strided_inputs_and_batch_dims(cpu_isa):
+def test_strided_inputs_and_batch_dims(isa):
     s = _spikes((3, 4, 70), 0.2)
     w_big = torch.randn(70, 90)
     w = w_big[:, :45].t()  # [45, 70], a non-contiguous view
@@ -136,7 +160,7 @@ def test_dtypes():
 
 @pytest.mark.parametrize("shape,stride", [((2, 40, 5, 6), 1), ((3, 2, 33, 4, 4), 1), ((2, 64, 7, 7), 2),
                                           ((1, 130, 3, 5), (1, 2))])
-def test_conv1x1(cpu_isa, shape, stride):
+def test_conv1x1(isa, shape, stride):
     x = _spikes(shape, 0.2)
     c = shape[-3]
     w = torch.randn(17, c, 1, 1)
@@ -250,7 +274,7 @@ def test_compile_spiking_mlp_fullgraph():
 # ---------------------------------------------------------------------------- low-bit weights
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4])
-def test_lowbit_equals_float_math_on_dequantized_weights(cpu_isa, bits):
+def test_lowbit_equals_float_math_on_dequantized_weights(isa, bits):
     for (M, K, N) in [(5, 70, 9), (3, 300, 17), (1, 1, 1), (0, 40, 3), (4, 33, 0)]:
         w = torch.randn(N, K)
         for per_channel in (False, True):
@@ -301,6 +325,22 @@ def test_lowbit_bad_input():
 
 
 # ---------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("isa_name", ["native", "avx2", "generic"])
+def test_non_binary_found_while_packing_inside_the_product(monkeypatch, isa_name):
+    # Sparse float32 rows with an output of one column chunk take the fused pack+multiply
+    # path; a bad value there is reported like the packing op reports it.
+    _set_isa(monkeypatch, isa_name)
+    s = _spikes((300, 70), 0.05)
+    s[257, 66] = 0.5
+    for n in (5, 64, 128):
+        with pytest.raises(RuntimeError, match=r"only 0 or 1, found 0.5 at index \(257, 66\)"):
+            snnops.spike_linear(s, torch.randn(n, 70))
+    x = _spikes((2, 3, 70), 0.05)
+    x[1, 2, 3] = -1
+    with pytest.raises(RuntimeError, match=r"found -1 at index \(1, 2, 3\)"):
+        snnops.spike_linear(x, torch.randn(8, 70))
+
 
 def test_bad_input_errors():
     w = torch.randn(5, 40)

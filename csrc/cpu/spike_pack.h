@@ -115,20 +115,25 @@ SNN_AVX2 static inline int nonbinary_lanes(__m256 v) {
 }
 
 SNN_AVX2 static inline int64_t pack_row_f32(const float* x, int64_t K, uint32_t* words) {
-  const __m256 one = _mm256_set1_ps(1.0f);
+  const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
   const int64_t full = K / kWordBits;
-  int bad = 0;
+  // All lanes stay all-ones while every value is 0 or 1; checked once per row.
+  __m256 ok = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
   for (int64_t w = 0; w < full; ++w) {
     const float* p = x + w * kWordBits;
-    uint32_t word = 0;
-    for (int j = 0; j < 4; ++j) {
-      const __m256 v = _mm256_loadu_ps(p + 8 * j);
-      bad |= nonbinary_lanes(v);
-      word |= (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(v, one, _CMP_EQ_OQ)) << (8 * j);
-    }
-    words[w] = word;
+    const __m256 v0 = _mm256_loadu_ps(p), v1 = _mm256_loadu_ps(p + 8);
+    const __m256 v2 = _mm256_loadu_ps(p + 16), v3 = _mm256_loadu_ps(p + 24);
+    const __m256 e0 = _mm256_cmp_ps(v0, one, _CMP_EQ_OQ), e1 = _mm256_cmp_ps(v1, one, _CMP_EQ_OQ);
+    const __m256 e2 = _mm256_cmp_ps(v2, one, _CMP_EQ_OQ), e3 = _mm256_cmp_ps(v3, one, _CMP_EQ_OQ);
+    const __m256 z01 = _mm256_and_ps(_mm256_or_ps(e0, _mm256_cmp_ps(v0, zero, _CMP_EQ_OQ)),
+                                     _mm256_or_ps(e1, _mm256_cmp_ps(v1, zero, _CMP_EQ_OQ)));
+    const __m256 z23 = _mm256_and_ps(_mm256_or_ps(e2, _mm256_cmp_ps(v2, zero, _CMP_EQ_OQ)),
+                                     _mm256_or_ps(e3, _mm256_cmp_ps(v3, zero, _CMP_EQ_OQ)));
+    ok = _mm256_and_ps(ok, _mm256_and_ps(z01, z23));
+    words[w] = (uint32_t)_mm256_movemask_ps(e0) | ((uint32_t)_mm256_movemask_ps(e1) << 8) |
+               ((uint32_t)_mm256_movemask_ps(e2) << 16) | ((uint32_t)_mm256_movemask_ps(e3) << 24);
   }
-  if (bad) return pack_row<float>(x, full * kWordBits, words);  // find the first bad value
+  if (_mm256_movemask_ps(ok) != 0xFF) return pack_row<float>(x, full * kWordBits, words);  // find the bad value
   if (full * kWordBits < K) {
     const int64_t r = pack_row<float>(x + full * kWordBits, K - full * kWordBits, words + full);
     if (r >= 0) return full * kWordBits + r;

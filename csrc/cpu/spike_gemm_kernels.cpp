@@ -1,0 +1,553 @@
+// Raw kernels of the spike GEMMs: see cpu/spike_gemm_kernels.h. No torch headers.
+//
+// AVX2 bit-scan, per task (rows x a chunk of 64 or 128 columns):
+//   1. the B rows of a block of c are made contiguous in a panel (copied, or transposed
+//      with 8x8 shuffles when B is W^T), or read in place when B is already row-major;
+//   2. per row of A, the set-bit positions of the block's words are written to an index
+//      list, eight per 64-bit word regardless of its count (tzcnt/blsr, no loop exit to
+//      mispredict on the common sparse word);
+//   3. the columns are held in 8 or 16 AVX2 registers while the indexed panel rows are
+//      added (one load+add per 8 floats: two per cycle, the bound of this loop).
+#include "cpu/spike_gemm_kernels.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstdint>
+#include <cstring>
+
+#include "cpu/simd.h"
+#include "cpu/spike_pack.h"
+
+#if SNN_HAVE_AVX2
+#define SNN_AVX2_BITS __attribute__((target("avx2,fma,popcnt,bmi,bmi2")))
+#define SNN_HAVE_AVX512 1
+#define SNN_AVX512_BITS __attribute__((target("avx512f,avx2,fma,popcnt,bmi,bmi2")))
+#else
+#define SNN_HAVE_AVX512 0
+#endif
+
+namespace snnops {
+namespace spike_kernels {
+namespace {
+
+// Panel of copied B rows: 128 KiB stays in L2 next to the output tile.
+constexpr int64_t kPanelBytes = 128 * 1024;
+// In-place row-major B (dY for dW): bytes of B rows per block (L2; 32 KiB to 256 KiB
+// measured within noise of each other on gemm-conv1x1).
+constexpr int64_t kDirectBytes = 128 * 1024;
+// Portable kernel's column chunk.
+constexpr int64_t kGenericChunk = 64;
+
+inline int64_t words_of(int64_t c) { return (c + 31) / 32; }
+
+inline uint32_t last_word_mask(int64_t C) {
+  const int64_t rem = C % 32;
+  return rem == 0 ? 0xFFFFFFFFu : ((1u << rem) - 1u);
+}
+
+// panel[c * NC + j] = B[c0 + c, n0 + j] for c < cc, j < nn; zero for j in [nn, NC).
+template <typename T>
+void build_panel(const BitGemm<T>& g, int64_t c0, int64_t cc, int64_t n0, int64_t nn, int64_t NC, T* panel) {
+  if (g.ldb_c == 1) {
+    for (int64_t j = 0; j < nn; ++j) {
+      const T* src = g.B + c0 + (n0 + j) * g.ldb_n;
+      for (int64_t c = 0; c < cc; ++c) panel[c * NC + j] = src[c];
+    }
+  } else {
+    for (int64_t c = 0; c < cc; ++c) {
+      const T* src = g.B + (c0 + c) * g.ldb_c + n0 * g.ldb_n;
+      for (int64_t j = 0; j < nn; ++j) panel[c * NC + j] = src[j * g.ldb_n];
+    }
+  }
+  if (nn < NC)
+    for (int64_t c = 0; c < cc; ++c) std::fill(panel + c * NC + nn, panel + (c + 1) * NC, T(0));
+}
+
+template <typename T>
+void write_tile(const BitGemm<T>& g, const T* tile, int64_t NC, int64_t r0, int64_t rows, int64_t n0, int64_t nn) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < nn; ++j) g.out[(r0 + r) * g.ldo_r + (n0 + j) * g.ldo_n] = tile[r * NC + j];
+}
+
+// ------------------------------------------------------------------ portable
+
+// Fused packing of rows [r0, r1): -1 or r * C + k of the first bad value.
+template <typename T>
+int64_t pack_task_rows(const BitGemm<T>& g, int64_t r0, int64_t r1, bool avx2) {
+  uint32_t* dst = const_cast<uint32_t*>(g.A);
+  for (int64_t r = r0; r < r1; ++r) {
+    int64_t bad;
+#if SNN_HAVE_AVX2
+    if (avx2) bad = spike_pack::pack_row_f32(g.src + r * g.src_ld, g.C, dst + r * g.lda);
+    else bad = spike_pack::pack_row<float>(g.src + r * g.src_ld, g.C, dst + r * g.lda);
+#else
+    (void)avx2;
+    bad = spike_pack::pack_row<float>(g.src + r * g.src_ld, g.C, dst + r * g.lda);
+#endif
+    if (bad >= 0) return r * g.C + bad;
+  }
+  return -1;
+}
+
+template <typename T>
+int64_t task_generic(const BitGemm<T>& g, int64_t r0, int64_t r1, int64_t n0, std::vector<T>& panel,
+                     std::vector<T>& tile) {
+  if (g.src) {
+    const int64_t bad = pack_task_rows(g, r0, r1, false);
+    if (bad >= 0) return bad;
+  }
+  constexpr int64_t NC = kGenericChunk;
+  const int64_t nn = std::min(NC, g.N - n0);
+  const int64_t CW = words_of(g.C);
+  const uint32_t lastmask = last_word_mask(g.C);
+  const int64_t rows = r1 - r0;
+  tile.assign(rows * NC, T(0));
+  if (g.bias)
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < nn; ++j) tile[r * NC + j] = g.bias[n0 + j];
+  const int64_t cb = std::max<int64_t>(32, (kPanelBytes / (NC * (int64_t)sizeof(T))) / 32 * 32);
+  panel.resize(std::min(cb, std::max<int64_t>(g.C, 1)) * NC);
+  for (int64_t c0 = 0; c0 < g.C; c0 += cb) {
+    const int64_t cc = std::min(cb, g.C - c0);
+    build_panel<T>(g, c0, cc, n0, nn, NC, panel.data());
+    const int64_t w0 = c0 / 32, w1 = words_of(c0 + cc);
+    for (int64_t r = r0; r < r1; ++r) {
+      T* acc = tile.data() + (r - r0) * NC;
+      const uint32_t* a = g.A + r * g.lda;
+      for (int64_t w = w0; w < w1; ++w) {
+        uint32_t bits = a[w];
+        if (w == CW - 1) bits &= lastmask;
+        const T* base = panel.data() + (w * 32 - c0) * NC;
+        while (bits) {
+          const T* p = base + (int64_t)__builtin_ctz(bits) * NC;
+          bits &= bits - 1;
+          for (int64_t j = 0; j < NC; ++j) acc[j] += p[j];
+        }
+      }
+    }
+  }
+  write_tile<T>(g, tile.data(), NC, r0, rows, n0, nn);
+  return -1;
+}
+
+#if SNN_HAVE_AVX2
+// ------------------------------------------------------------------ AVX2
+
+// dst[j * ldd + i] = src[i * lds + j] for an 8x8 block.
+SNN_AVX2 static inline void transpose8x8(const float* src, int64_t lds, float* dst, int64_t ldd) {
+  __m256 r0 = _mm256_loadu_ps(src + 0 * lds), r1 = _mm256_loadu_ps(src + 1 * lds);
+  __m256 r2 = _mm256_loadu_ps(src + 2 * lds), r3 = _mm256_loadu_ps(src + 3 * lds);
+  __m256 r4 = _mm256_loadu_ps(src + 4 * lds), r5 = _mm256_loadu_ps(src + 5 * lds);
+  __m256 r6 = _mm256_loadu_ps(src + 6 * lds), r7 = _mm256_loadu_ps(src + 7 * lds);
+  __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+  __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+  __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+  __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+  __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  _mm256_storeu_ps(dst + 0 * ldd, _mm256_permute2f128_ps(s0, s4, 0x20));
+  _mm256_storeu_ps(dst + 1 * ldd, _mm256_permute2f128_ps(s1, s5, 0x20));
+  _mm256_storeu_ps(dst + 2 * ldd, _mm256_permute2f128_ps(s2, s6, 0x20));
+  _mm256_storeu_ps(dst + 3 * ldd, _mm256_permute2f128_ps(s3, s7, 0x20));
+  _mm256_storeu_ps(dst + 4 * ldd, _mm256_permute2f128_ps(s0, s4, 0x31));
+  _mm256_storeu_ps(dst + 5 * ldd, _mm256_permute2f128_ps(s1, s5, 0x31));
+  _mm256_storeu_ps(dst + 6 * ldd, _mm256_permute2f128_ps(s2, s6, 0x31));
+  _mm256_storeu_ps(dst + 7 * ldd, _mm256_permute2f128_ps(s3, s7, 0x31));
+}
+
+// The panel of W^T (B[c, n] = W[n, c], ldb_c == 1) by 8x8 transposes; else the copy.
+SNN_AVX2 void build_panel_avx2(const BitGemm<float>& g, int64_t c0, int64_t cc, int64_t n0, int64_t nn,
+                               int64_t NC, float* panel) {
+  if (g.ldb_c != 1) return build_panel<float>(g, c0, cc, n0, nn, NC, panel);
+  const int64_t n8 = nn / 8 * 8, c8 = cc / 8 * 8;
+  for (int64_t j = 0; j < n8; j += 8)
+    for (int64_t c = 0; c < c8; c += 8) transpose8x8(g.B + c0 + c + (n0 + j) * g.ldb_n, g.ldb_n, panel + c * NC + j, NC);
+  for (int64_t j = 0; j < nn; ++j) {
+    const float* src = g.B + c0 + (n0 + j) * g.ldb_n;
+    for (int64_t c = (j < n8 ? c8 : 0); c < cc; ++c) panel[c * NC + j] = src[c];
+  }
+  if (nn < NC)
+    for (int64_t c = 0; c < cc; ++c) std::fill(panel + c * NC + nn, panel + (c + 1) * NC, 0.0f);
+}
+
+// Indices (c - 32 * w0) of the set bits of words [w0, w1) of row a; returns the count.
+// Writes up to 16 slots past the count (scratch): idx needs (w1 - w0) * 32 + 16 entries.
+SNN_AVX2_BITS static inline int64_t extract_bits(const uint32_t* a, int64_t w0, int64_t w1, int64_t CW,
+                                                 uint32_t lastmask, int32_t* idx) {
+  int64_t n = 0;
+  for (int64_t w = w0; w < w1; w += 2) {
+    uint64_t lo = a[w];
+    if (w == CW - 1) lo &= lastmask;
+    uint64_t hi = 0;
+    if (w + 1 < w1) {
+      hi = a[w + 1];
+      if (w + 1 == CW - 1) hi &= lastmask;
+    }
+    uint64_t x = lo | (hi << 32);
+    const int32_t base = (int32_t)((w - w0) * 32);
+    const int64_t cnt = (int64_t)_mm_popcnt_u64(x);
+    int32_t* o = idx + n;
+    for (int i = 0; i < 8; ++i) {
+      o[i] = base + (int32_t)_tzcnt_u64(x);
+      x = _blsr_u64(x);
+    }
+    if (cnt > 8) {
+      for (int i = 8; i < 16; ++i) {
+        o[i] = base + (int32_t)_tzcnt_u64(x);
+        x = _blsr_u64(x);
+      }
+      for (int i = 16; x != 0; ++i) {
+        o[i] = base + (int32_t)_tzcnt_u64(x);
+        x = _blsr_u64(x);
+      }
+    }
+    n += cnt;
+  }
+  return n;
+}
+
+// Rows [r0, r1) of A over one block of B rows (panel rows at stride lds): per row, the
+// set-bit list, then tile row = (first block ? init : tile row) + the indexed panel rows,
+// NC = 8 * NV columns held in NV AVX2 registers.
+template <int NV>
+SNN_AVX2_BITS void scan_rows_avx2(const uint32_t* A, int64_t lda, int64_t r0, int64_t r1, int64_t w0, int64_t w1,
+                                  int64_t CW, uint32_t lastmask, int32_t* idx, const float* panel, int64_t lds,
+                                  const float* init, float* tile, int64_t ldt, bool stream) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t n = extract_bits(A + r * lda, w0, w1, CW, lastmask, idx);
+    float* t = tile + (r - r0) * ldt;
+    const float* src = init ? init : t;
+    __m256 acc[NV];
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) acc[v] = _mm256_loadu_ps(src + 8 * v);
+    for (int64_t i = 0; i < n; ++i) {
+      const float* p = panel + (int64_t)idx[i] * lds;
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v) acc[v] = _mm256_add_ps(acc[v], _mm256_loadu_ps(p + 8 * v));
+    }
+    if (stream) {
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v) _mm256_stream_ps(t + 8 * v, acc[v]);
+    } else {
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v) _mm256_storeu_ps(t + 8 * v, acc[v]);
+    }
+  }
+  if (stream) _mm_sfence();
+}
+
+#if SNN_HAVE_AVX512
+// The same with NZ AVX-512 registers of 16 floats (NC = 16 * NZ): half the loads and
+// adds per spike, on CPUs that have it (MKL uses it there too).
+template <int NZ>
+SNN_AVX512_BITS void scan_rows_avx512(const uint32_t* A, int64_t lda, int64_t r0, int64_t r1, int64_t w0, int64_t w1,
+                                      int64_t CW, uint32_t lastmask, int32_t* idx, const float* panel, int64_t lds,
+                                      const float* init, float* tile, int64_t ldt, bool stream) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t n = extract_bits(A + r * lda, w0, w1, CW, lastmask, idx);
+    float* t = tile + (r - r0) * ldt;
+    const float* src = init ? init : t;
+    // Two accumulator sets take alternate spikes: each add then waits on the add two
+    // spikes back, not one (the add latency bound the loop with a single set).
+    __m512 acc[NZ], acc2[NZ];
+#pragma GCC unroll 16
+    for (int v = 0; v < NZ; ++v) {
+      acc[v] = _mm512_loadu_ps(src + 16 * v);
+      acc2[v] = _mm512_setzero_ps();
+    }
+    int64_t i = 0;
+    for (; i + 2 <= n; i += 2) {
+      const float* p = panel + (int64_t)idx[i] * lds;
+      const float* q = panel + (int64_t)idx[i + 1] * lds;
+#pragma GCC unroll 16
+      for (int v = 0; v < NZ; ++v) {
+        acc[v] = _mm512_add_ps(acc[v], _mm512_loadu_ps(p + 16 * v));
+        acc2[v] = _mm512_add_ps(acc2[v], _mm512_loadu_ps(q + 16 * v));
+      }
+    }
+    if (i < n) {
+      const float* p = panel + (int64_t)idx[i] * lds;
+#pragma GCC unroll 16
+      for (int v = 0; v < NZ; ++v) acc[v] = _mm512_add_ps(acc[v], _mm512_loadu_ps(p + 16 * v));
+    }
+#pragma GCC unroll 16
+    for (int v = 0; v < NZ; ++v) acc[v] = _mm512_add_ps(acc[v], acc2[v]);
+    if (stream) {
+#pragma GCC unroll 16
+      for (int v = 0; v < NZ; ++v) _mm512_stream_ps(t + 16 * v, acc[v]);
+    } else {
+#pragma GCC unroll 16
+      for (int v = 0; v < NZ; ++v) _mm512_storeu_ps(t + 16 * v, acc[v]);
+    }
+  }
+  if (stream) _mm_sfence();
+}
+#endif
+
+// dst[0, n) = src[0, n), with streaming stores on the 32-byte-aligned middle when `stream`.
+SNN_AVX2 static inline void copy_row(float* dst, const float* src, int64_t n, bool stream) {
+  if (!stream) {
+    std::memcpy(dst, src, n * sizeof(float));
+    return;
+  }
+  int64_t i = 0;
+  for (; i < n && ((uintptr_t)(dst + i) % 32) != 0; ++i) dst[i] = src[i];
+  for (; i + 8 <= n; i += 8) _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
+  for (; i < n; ++i) dst[i] = src[i];
+  _mm_sfence();
+}
+
+template <int NV, bool AVX512>
+SNN_AVX2_BITS int64_t task_avx2(const BitGemm<float>& g, int64_t r0, int64_t r1, int64_t n0, Workspace& ws) {
+  constexpr int64_t NC = 8 * NV;
+  const int64_t nn = std::min(NC, g.N - n0);
+  const bool full = nn == NC;
+  const int64_t CW = words_of(g.C);
+  const uint32_t lastmask = last_word_mask(g.C);
+  const int64_t rows = r1 - r0;
+  // Accumulators live in the output when it is row-major over a full chunk.
+  const bool direct_out = full && g.ldo_n == 1;
+  // B is read in place when its chunk rows are contiguous (dY for dW with N equal to
+  // the chunk). A longer row stride is copied to a panel first: dY of gemm-fc has rows
+  // 16 KiB apart, which all fall in the same cache sets.
+  const bool direct_b = full && g.ldb_n == 1 && g.ldb_c == NC;
+  // Outputs of more than a few MiB leave the cache anyway: streaming stores skip the
+  // read-for-ownership of each line (gemm-conv1x1 at density 0: 1.2 ms against 1.9 ms).
+  const bool stream_out = (double)g.R * (double)g.N * 4.0 > 8.0 * 1024 * 1024;
+  alignas(32) float init[NC];
+  for (int64_t j = 0; j < NC; ++j) init[j] = (g.bias && j < nn) ? g.bias[n0 + j] : 0.0f;
+  float* tile;
+  int64_t ldt;
+  if (direct_out) {
+    tile = g.out + r0 * g.ldo_r + n0;
+    ldt = g.ldo_r;
+  } else {
+    ws.tile_f.resize(rows * NC);
+    tile = ws.tile_f.data();
+    ldt = NC;
+  }
+  int64_t cb = std::max<int64_t>(32, ((direct_b ? kDirectBytes : kPanelBytes) / (NC * 4)) / 32 * 32);
+  if (cb >= g.C) cb = g.C;
+  if (g.C == 0) {
+    for (int64_t r = 0; r < rows; ++r) std::memcpy(tile + r * ldt, init, NC * sizeof(float));  // (nothing to pack)
+  } else {
+    if (ws.idx.size() < (size_t)(words_of(cb) * 32 + 64)) ws.idx.resize(words_of(cb) * 32 + 64);
+    if (!direct_b && ws.panel_f.size() < (size_t)(cb * NC)) ws.panel_f.resize(cb * NC);
+    int32_t* idx = ws.idx.data();
+    for (int64_t c0 = 0; c0 < g.C; c0 += cb) {
+      const int64_t cc = std::min(cb, g.C - c0);
+      const float* panel;
+      int64_t lds;
+      if (direct_b) {
+        panel = g.B + c0 * g.ldb_c + n0;
+        lds = g.ldb_c;
+      } else {
+        build_panel_avx2(g, c0, cc, n0, nn, NC, ws.panel_f.data());
+        panel = ws.panel_f.data();
+        lds = NC;
+      }
+      const int64_t w0 = c0 / 32, w1 = words_of(c0 + cc);
+      const float* first = c0 == 0 ? init : nullptr;
+      // The last pass writes a large output that is not read again soon: streaming
+      // stores skip the read-for-ownership of every output line.
+      const bool stream = direct_out && c0 + cc == g.C && stream_out &&
+                          ((uintptr_t)tile % 64) == 0 && (ldt * 4) % 64 == 0;
+      // Fused packing: 64 rows at a time, packed then scanned while their words are in
+      // L1, so reading the float spikes overlaps the arithmetic (a separate packing
+      // pass measured as a fifth of the forward on gemm-conv1x1).
+      const int64_t sub = (g.src && c0 == 0) ? 64 : rows;
+      for (int64_t s0 = r0; s0 < r1; s0 += sub) {
+        const int64_t s1 = std::min(r1, s0 + sub);
+        if (g.src && c0 == 0) {
+          const int64_t bad = pack_task_rows(g, s0, s1, true);
+          if (bad >= 0) return bad;
+        }
+        float* tsub = tile + (s0 - r0) * ldt;
+#if SNN_HAVE_AVX512
+        if constexpr (AVX512) {
+          scan_rows_avx512<NV / 2>(g.A, g.lda, s0, s1, w0, w1, CW, lastmask, idx, panel, lds, first, tsub, ldt, stream);
+          continue;
+        }
+#endif
+        scan_rows_avx2<NV>(g.A, g.lda, s0, s1, w0, w1, CW, lastmask, idx, panel, lds, first, tsub, ldt, stream);
+      }
+    }
+  }
+  if (direct_out) return -1;
+  if (g.ldo_n == 1) {
+    for (int64_t r = 0; r < rows; ++r) std::memcpy(g.out + (r0 + r) * g.ldo_r + n0, tile + r * NC, nn * sizeof(float));
+  } else if (g.ldo_r == 1) {
+    // Transposed output (dW): out[n * ldo_n + r], contiguous in r. Transpose the tile in
+    // cache first, then write whole output row segments (streamed when the output is
+    // large): scattered 32-byte pieces measured slower on the 64 MiB dW of gemm-fc.
+    ws.tile2_f.resize(nn * rows + 8);
+    float* tt = ws.tile2_f.data();
+    const int64_t r8 = rows / 8 * 8, n8 = nn / 8 * 8;
+    for (int64_t r = 0; r < r8; r += 8)
+      for (int64_t j = 0; j < n8; j += 8) transpose8x8(tile + r * NC + j, NC, tt + j * rows + r, rows);
+    for (int64_t j = 0; j < nn; ++j)
+      for (int64_t r = (j < n8 ? r8 : 0); r < rows; ++r) tt[j * rows + r] = tile[r * NC + j];
+    for (int64_t j = 0; j < nn; ++j) copy_row(g.out + (n0 + j) * g.ldo_n + r0, tt + j * rows, rows, stream_out);
+  } else {
+    write_tile<float>(g, tile, NC, r0, rows, n0, nn);
+  }
+  return -1;
+}
+
+// Byte-wise popcount of 256 bits (nibble lookup).
+SNN_AVX2_BITS static inline __m256i popcnt_bytes(__m256i v) {
+  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2,
+                                       2, 3, 2, 3, 3, 4);
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  const __m256i lo = _mm256_and_si256(v, low);
+  const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+  return _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
+}
+
+SNN_AVX2_BITS void lowbit_counts_avx2(const uint32_t* s, const uint32_t* planes, int64_t W, int64_t np, int64_t* cnt) {
+  const int64_t W8 = W / 8 * 8;
+  for (int64_t j = 0; j < np; ++j) {
+    const uint32_t* p = planes + j * W;
+    __m256i total = _mm256_setzero_si256();
+    int64_t w = 0;
+    while (w < W8) {
+      // Byte counters grow by at most 8 per step: flush to 64-bit lanes every 31 steps.
+      __m256i bytes = _mm256_setzero_si256();
+      const int64_t end = std::min(W8, w + 31 * 8);
+      for (; w < end; w += 8) {
+        const __m256i v = _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + w)),
+                                           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + w)));
+        bytes = _mm256_add_epi8(bytes, popcnt_bytes(v));
+      }
+      total = _mm256_add_epi64(total, _mm256_sad_epu8(bytes, _mm256_setzero_si256()));
+    }
+    alignas(32) int64_t t[4];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(t), total);
+    int64_t c = t[0] + t[1] + t[2] + t[3];
+    for (; w < W; ++w) c += _mm_popcnt_u32(s[w] & p[w]);
+    cnt[j] = c;
+  }
+}
+#endif  // SNN_HAVE_AVX2
+
+// a[i] bit j <-> a[j] bit i (LSB-first on both axes): swap off-diagonal blocks of 16, 8, .. 1.
+inline void transpose32(uint32_t a[32]) {
+  static const uint32_t masks[5] = {0x0000FFFFu, 0x00FF00FFu, 0x0F0F0F0Fu, 0x33333333u, 0x55555555u};
+  int level = 0;
+  for (int j = 16; j != 0; j >>= 1, ++level) {
+    const uint32_t m = masks[level];
+    for (int k = 0; k < 32; k = (k + j + 1) & ~j) {
+      const uint32_t t = ((a[k] >> j) ^ a[k + j]) & m;
+      a[k] ^= t << j;
+      a[k + j] ^= t;
+    }
+  }
+}
+
+#if SNN_HAVE_AVX2
+SNN_AVX2_BITS int64_t popcount_fast(const uint32_t* w, int64_t n) {
+  int64_t c = 0, i = 0;
+  for (; i + 2 <= n; i += 2) {
+    uint64_t x;
+    std::memcpy(&x, w + i, 8);
+    c += (int64_t)_mm_popcnt_u64(x);
+  }
+  if (i < n) c += _mm_popcnt_u32(w[i]);
+  return c;
+}
+#endif
+
+}  // namespace
+
+int64_t popcount_words(const uint32_t* w, int64_t n, bool fast) {
+#if SNN_HAVE_AVX2
+  if (fast) return popcount_fast(w, n);
+#endif
+  (void)fast;
+  int64_t c = 0;
+  for (int64_t i = 0; i < n; ++i) c += __builtin_popcount(w[i]);
+  return c;
+}
+
+bool bits_avx512() {
+#if SNN_HAVE_AVX512
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") != 0;
+  }();
+  if (!has || !bits_avx2()) return false;
+  // SNNOPS_CPU_ISA=avx2 keeps the AVX2 kernels (tests run them on AVX-512 machines too).
+  const char* force = std::getenv("SNNOPS_CPU_ISA");
+  return !(force != nullptr && std::strcmp(force, "avx2") == 0);
+#else
+  return false;
+#endif
+}
+
+bool bits_avx2() {
+#if SNN_HAVE_AVX2
+  static const bool ok = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("popcnt") && __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2");
+  }();
+  return ok && use_avx2();
+#else
+  return false;
+#endif
+}
+
+int64_t bitgemm_chunk(int64_t N, bool avx2) {
+  // 128 columns (16 accumulators) when the output is that wide: one index list per row
+  // serves twice as many columns as with 64.
+  return (avx2 && N >= 128) ? 128 : kGenericChunk;
+}
+
+int64_t bitgemm_task(const BitGemm<float>& g, int64_t r0, int64_t r1, int64_t n0, bool avx2, Workspace& ws) {
+#if SNN_HAVE_AVX2
+  if (avx2) {
+    const bool wide = bitgemm_chunk(g.N, true) == 128;
+#if SNN_HAVE_AVX512
+    if (bits_avx512()) return wide ? task_avx2<16, true>(g, r0, r1, n0, ws) : task_avx2<8, true>(g, r0, r1, n0, ws);
+#endif
+    return wide ? task_avx2<16, false>(g, r0, r1, n0, ws) : task_avx2<8, false>(g, r0, r1, n0, ws);
+  }
+#endif
+  (void)avx2;
+  return task_generic<float>(g, r0, r1, n0, ws.panel_f, ws.tile_f);
+}
+
+int64_t bitgemm_task(const BitGemm<double>& g, int64_t r0, int64_t r1, int64_t n0, bool avx2, Workspace& ws) {
+  (void)avx2;
+  return task_generic<double>(g, r0, r1, n0, ws.panel_d, ws.tile_d);
+}
+
+void transpose_bits_block(const uint32_t* src, int64_t R, int64_t W, int64_t K, int64_t rw, int64_t w,
+                          uint32_t* dst) {
+  const int64_t RW = words_of(R);
+  uint32_t a[32];
+  for (int i = 0; i < 32; ++i) {
+    const int64_t r = rw * 32 + i;
+    a[i] = r < R ? src[r * W + w] : 0u;
+  }
+  transpose32(a);
+  const int64_t kmax = std::min<int64_t>(32, K - w * 32);
+  for (int64_t j = 0; j < kmax; ++j) dst[(w * 32 + j) * RW + rw] = a[j];
+}
+
+void lowbit_counts(const uint32_t* s, const uint32_t* planes, int64_t W, int64_t np, int64_t* cnt, bool avx2) {
+#if SNN_HAVE_AVX2
+  if (avx2) return lowbit_counts_avx2(s, planes, W, np, cnt);
+#endif
+  (void)avx2;
+  for (int64_t j = 0; j < np; ++j) {
+    const uint32_t* p = planes + j * W;
+    int64_t c = 0;
+    for (int64_t w = 0; w < W; ++w) c += __builtin_popcount(s[w] & p[w]);
+    cnt[j] = c;
+  }
+}
+
+}  // namespace spike_kernels
+}  // namespace snnops
