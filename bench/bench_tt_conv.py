@@ -38,8 +38,14 @@ DENSITY = 0.2  # spikes entering the TT layer
 
 
 def _step(fn, inputs, grad, params=()):
-    """forward (grad None) or forward+backward of fn(*inputs) w.r.t. inputs and params."""
+    """forward (grad None) or forward+backward of fn(*inputs) w.r.t. inputs and params.
+    The incoming gradient has the memory layout of the implementation's own output,
+    as the op that follows it in a network would produce it."""
     leaves = [t for t in inputs if t.requires_grad] + list(params)
+    if grad is not None:
+        with torch.no_grad():
+            y = fn(*inputs)
+            grad = torch.empty_strided(y.shape, y.stride(), dtype=y.dtype).copy_(grad)
 
     def run():
         y = fn(*inputs)

@@ -150,7 +150,19 @@ def test_tt_block_bands_of_a_large_image(cpu_isa, parallel):
     # Batch 1 and a tall image: the kernel splits it into bands of rows with halos.
     o = torch.randn(1, 6, 41, 13)
     w2, w3, w4 = block_weights(6, 10, parallel)
+    x = (torch.rand(1, 35, 41, 13) < 0.3).float()
+    g1 = torch.randn(6, 35, 1, 1)
     for pool in (False, True):
+        # tt_conv packs each band's rows and its halo rows (halo bits stay private)
+        y, idx, words = torch.ops.snnops.tt_conv(None, x, g1, w2, w3, w4, parallel, [], pool)
+        assert torch.equal(words, snnops.pack_spikes(x, 1))
+        ref, ref_idx = reference.tt_conv(words, x, g1, w2, w3, w4, parallel, [], pool)
+        close(y, ref)
+        g = torch.randn_like(ref)
+        ours = torch.ops.snnops.tt_conv_bwd(g, words, g1, w2, w3, w4, idx, parallel, [], pool, [True] * 5)
+        want = reference.tt_conv_bwd(g, words, g1, w2, w3, w4, ref_idx, parallel, [], pool, [True] * 5)
+        for a, b in zip(ours, want):
+            close(a, b)
         y, idx = torch.ops.snnops.tt_block(o, w2, w3, w4, parallel, [], pool)
         ref, ref_idx = reference.tt_block(o, w2, w3, w4, parallel, [], pool)
         close(y, ref)

@@ -618,11 +618,13 @@ void block_backward(const Problem& pb, const Packed<T>& P, const View4<const T>&
               }
             }
         } else {
+          // Read along the input's rows (an NCHW gradient: one plane row per channel),
+          // write transposed into the cache-resident scratch.
           for (int64_t h = lo; h < hi; ++h)
-            for (int64_t w = 0; w < pb.W; ++w) {
-              const T* g = gy_in.at(n, 0, h, w);
-              T* d = s.gy.data() + ((h - lo) * pb.W + w) * gch;
-              for (int64_t c = 0; c < gch; ++c) d[c] = g[c * gy_in.sc];
+            for (int64_t c = 0; c < gch; ++c) {
+              const T* g = gy_in.at(n, c, h, 0);
+              T* d = s.gy.data() + (h - lo) * pb.W * gch + c;
+              for (int64_t w = 0; w < pb.W; ++w) d[w * gch] = g[w * gy_in.sw];
             }
         }
         for (int64_t i = 0; i < Mh; ++i) s.gyrow[i] = s.gy.data() + i * gch;
