@@ -44,7 +44,8 @@ def test_profile_tiny_run_writes_table_json_and_chart(tmp_path, capsys):
         assert r["shares"]["conv"] > 0 and r["shares"]["lif"] > 0 and r["shares"]["bn"] > 0
     assert rows["dense"]["baseline"] == "dense" and rows["dense"]["reduction_pct"] == pytest.approx(0.0)
     assert rows["ptt-ref"]["baseline"] == "dense-ref"
-    assert rows["ptt"]["speedup_vs_plain"] > 0 and rows["dense"]["memory_vs_plain"] > 1.0
+    # (at this tiny size the dense peak is set by weight-sized gradients, not activations)
+    assert rows["ptt"]["speedup_vs_plain"] > 0 and rows["ptt"]["memory_vs_plain"] > 1.0
     assert rows["htt"]["macs"] < rows["ptt"]["macs"] < rows["dense"]["macs"]
     assert rows["ptt"]["paper"]["time_s"] == 0.176 and rows["ptt-ref"]["paper"] is None
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -53,17 +54,19 @@ def test_profile_tiny_run_writes_table_json_and_chart(tmp_path, capsys):
 
 def test_peak_memory_counts_saved_activations():
     """The replayed allocator peak covers what autograd saves; the snnops model saves
-    far less than the same model on plain PyTorch ops."""
-    fast = models.ms_resnet18("dense", timesteps=2)
+    and peaks far lower than the same model on plain PyTorch ops. (PTT with small ranks:
+    few weights, so activations set the peak even at this small size.)"""
+    fast = models.ms_resnet18("ptt", timesteps=4, ranks=4)
     plain = models.convert_backend(fast, "reference")
-    x, y = torch.randn(2, 3, 16, 16), torch.tensor([1, 2])
+    x, y = torch.randn(4, 3, 16, 16), torch.tensor([1, 2, 3, 4])
     for m in (fast, plain):
         prof._step(m, x, y)  # gradients allocated once, as in the timed rounds
     peak_fast, saved_fast = prof.peak_memory(fast, x, y)
     peak_plain, saved_plain = prof.peak_memory(plain, x, y)
-    assert peak_fast >= saved_fast > 0 and peak_plain >= saved_plain
-    assert saved_plain > 2.5 * saved_fast
-    assert peak_plain > peak_fast
+    # (saved storages may include a few that predate the step, e.g. the input)
+    assert peak_fast >= 0.9 * saved_fast > 0 and peak_plain >= 0.9 * saved_plain
+    assert saved_plain > 3 * saved_fast
+    assert peak_plain > 2.5 * peak_fast
 
 
 def test_time_shares_attribute_backward_to_layers():

@@ -35,7 +35,7 @@ def _spiking_bn(model, seed=0):
 
 def _rates(model, x):
     rates = []
-    hooks = [m.register_forward_hook(lambda m, i, o: rates.append(float(o.mean())))
+    hooks = [m.register_forward_hook(lambda m, i, o: rates.append(float((o[0] if isinstance(o, tuple) else o).mean())))
              for m in model.modules() if isinstance(m, models.blocks.SpikingNeuron)]
     with torch.no_grad():
         model(x)
@@ -153,12 +153,13 @@ def test_backends_identical_math(conv):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-7, atol=1e-9, msg=name)
 
 
-def test_dense_backends_bit_identical_float32():
-    """Dense: both backends run the same oneDNN convs and the LIFs agree exactly."""
+def test_dense_backends_agree_float32():
+    """Dense float32: the same convolutions (oneDNN, channels-last on snnops), LIFs exact
+    against the loop: logits agree to rounding."""
     fast = _spiking_bn(models.ms_resnet18("dense", timesteps=2))
     plain = models.convert_backend(fast, "reference")
     x = torch.randn(4, 3, 8, 8)
-    assert torch.equal(fast(x), plain(x))
+    torch.testing.assert_close(fast(x), plain(x), rtol=1e-4, atol=1e-4)
 
 
 def test_spike_conv_saves_bits():
@@ -273,10 +274,10 @@ def _loss_curve(model, x, y, steps, batch):
 
 def test_convergence_matches_reference_backend_dense():
     """A small dense MS-ResNet18 (8x8 digits, T = 2) trained on both backends from the
-    same initialization: the loss falls, and the curves match: the forward is
-    bit-identical (same oneDNN convolutions, LIF exact against the loop); gradients
-    differ only by rounding (the subsampled shortcut), which can flip a spike at a
-    threshold tie some steps later, so later steps get a looser tolerance."""
+    same initialization: the loss falls on both and the curves match. The snnops model
+    runs oneDNN on channels-last frames (other kernels, other rounding), so a spike can
+    flip at a threshold tie after a few updates: the first loss agrees to rounding,
+    later ones within a loose bound."""
     x, y = _digits()
     torch.manual_seed(3)
     fast = models.ms_resnet18("dense", timesteps=2, in_channels=1)
@@ -284,8 +285,7 @@ def test_convergence_matches_reference_backend_dense():
     a = _loss_curve(fast, x, y, steps=12, batch=32)
     b = _loss_curve(plain, x, y, steps=12, batch=32)
     assert sum(a[-3:]) < 0.7 * sum(a[:3]) and sum(b[-3:]) < 0.7 * sum(b[:3]), (a, b)
-    assert a[0] == b[0]
-    torch.testing.assert_close(torch.tensor(a[:4]), torch.tensor(b[:4]), rtol=1e-4, atol=1e-4)
+    assert abs(a[0] - b[0]) < 1e-4
     assert max(abs(p - q) for p, q in zip(a, b)) < 0.25, (a, b)
 
 

@@ -39,6 +39,24 @@ def _seq(y: torch.Tensor, steps: int) -> torch.Tensor:
     return y.unflatten(0, (steps, -1))
 
 
+def frames_channels_last(x: torch.Tensor) -> bool:
+    """True when every frame of ``x`` ([..., C, H, W]) is stored channels-last (C
+    innermost), the layout of the snnops models."""
+    if x.dim() < 4 or x.numel() == 0:
+        return False
+    c, h, w = x.shape[-3:]
+    sc, sh, sw = x.stride()[-3:]
+    return (c == 1 or sc == 1) and (w == 1 or sw == c) and (h == 1 or sh == w * c)
+
+
+def to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``[..., C, H, W]`` with each frame channels-last (a copy unless it already is)."""
+    if frames_channels_last(x):
+        return x
+    lead = x.shape[:-3]
+    return x.reshape(-1, *x.shape[-3:]).contiguous(memory_format=torch.channels_last).view(*lead, *x.shape[-3:])
+
+
 # ----------------------------------------------------------------------------- neuron
 
 @dataclass(frozen=True)
@@ -74,14 +92,29 @@ class SpikingNeuron(nn.Module):
         self.neuron = neuron
         self.backend = check_backend(backend)
 
-    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_seq: torch.Tensor, pack: bool = False):
+        """Spikes of ``x_seq`` ``[T, B, ...]``. With ``pack`` (snnops backend, ``[T, B, C,
+        H, W]`` input) returns ``(spikes, packed)``: the kernel also writes the spikes
+        bit-packed along the channels (``[T, B, H, W, ceil(C/32)]`` int32, the
+        :func:`snnops.pack_spikes` layout); ``packed`` is None on the reference backend."""
         n = self.neuron
-        if self.backend == "snnops":
-            spikes, _ = _snnops_lif(x_seq, decay=n.decay, v_threshold=n.v_threshold, v_reset=n.v_reset,
-                                    surrogate=n.surrogate, detach_reset=n.detach_reset)
-        else:
+        if self.backend != "snnops":
             spikes, _ = reference.lif(x_seq, decay=n.decay, input_scale=1.0, v_threshold=n.v_threshold,
                                       v_reset=n.v_reset, surrogate=n.surrogate, detach_reset=n.detach_reset)
+            return (spikes, None) if pack else spikes
+        kwargs = dict(decay=n.decay, v_threshold=n.v_threshold, v_reset=n.v_reset, surrogate=n.surrogate,
+                      detach_reset=n.detach_reset)
+        if x_seq.dim() == 5 and frames_channels_last(x_seq):
+            # Channels-last frames: run the (elementwise) neuron on the [T, B, H, W, C]
+            # view, which is contiguous, so nothing is copied; spikes come back in the
+            # same layout and the channels are the last dim for packing.
+            out = _snnops_lif(x_seq.permute(0, 1, 3, 4, 2), pack_dim=4 if pack else None, **kwargs)
+            spikes = out[0].permute(0, 1, 4, 2, 3)
+        else:
+            out = _snnops_lif(x_seq, pack_dim=2 if pack and x_seq.dim() == 5 else None, **kwargs)
+            spikes = out[0]
+        if pack:
+            return spikes, (out[2] if len(out) > 2 else None)
         return spikes
 
     def extra_repr(self):
@@ -154,17 +187,21 @@ class SeqConv2d(nn.Conv2d):
         self.spike_input = spike_input
         self.subsample_first = subsample_first
 
-    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_seq: torch.Tensor, packed: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``packed``: the same spikes bit-packed along the channels by the LIF
+        (``[T, B, H, W, words]``), kept for backward instead of packing them again."""
         x = _flat(x_seq)
         if self.subsample_first and self.kernel_size == (1, 1) and self.stride != (1, 1):
             # A strided 1x1 conv reads only every stride-th pixel: subsample first and
             # run it at stride 1 (the same products and sums), so autograd keeps the
             # subsampled input (1/4 of the block input for stride 2), not all of it.
             sh, sw = self.stride
-            x = x[:, :, ::sh, ::sw].contiguous()
+            x = x[:, :, ::sh, ::sw].contiguous(
+                memory_format=torch.channels_last if frames_channels_last(x) else torch.contiguous_format)
             return _seq(F.conv2d(x, self.weight, self.bias), x_seq.shape[0])
         if self.spike_input and torch.is_grad_enabled() and self.weight.requires_grad:
-            with torch.autograd.graph.saved_tensors_hooks(_SpikePacker(x), _unpack_saved):
+            words = None if packed is None else packed.flatten(0, 1)
+            with torch.autograd.graph.saved_tensors_hooks(_SpikePacker(x, words), _unpack_saved):
                 y = super().forward(x)
         else:
             y = super().forward(x)
@@ -173,26 +210,33 @@ class SeqConv2d(nn.Conv2d):
 
 class _SpikePacker:
     """Pack hook: the one tensor known to hold spikes (this call's input) is saved as
-    bits; everything else (the weight) is saved as is. Autograd keeps the hook object
-    with the saved tensor, so it must not hold the spikes themselves (that would keep
-    the float copy alive until the backward): it remembers where they are."""
+    bits (the LIF's channel-packed words when given, else packed here); everything
+    else (the weight) is saved as is. Autograd keeps the hook object with the saved
+    tensor, so it must not hold the float spikes (that would keep them alive until the
+    backward): it remembers where they are."""
 
-    def __init__(self, spikes: torch.Tensor):
-        self.key = (spikes.data_ptr(), tuple(spikes.shape), spikes.dtype)
+    def __init__(self, spikes: torch.Tensor, words: Optional[torch.Tensor] = None):
+        self.key = (spikes.data_ptr(), tuple(spikes.shape), spikes.stride(), spikes.dtype)
+        self.words = words
 
     def __call__(self, t: torch.Tensor):
-        if (t.data_ptr(), tuple(t.shape), t.dtype) == self.key and t.is_contiguous() and t.numel():
-            return ("spikes", _pack_spikes(t.reshape(-1), -1), t.shape, t.dtype)
-        return t
+        if (t.data_ptr(), tuple(t.shape), t.stride(), t.dtype) != self.key or t.dim() != 4 or not t.numel():
+            return t
+        channels_last = frames_channels_last(t) and not t.is_contiguous()
+        words, self.words = self.words, None
+        if words is None:
+            if not (t.is_contiguous() or channels_last):
+                return t
+            words = _pack_spikes(t.permute(0, 2, 3, 1) if channels_last else t, 3 if channels_last else 1)
+        return ("spikes", words, t.shape[1], channels_last, t.dtype)
 
 
 def _unpack_saved(saved):
     if isinstance(saved, tuple) and saved and saved[0] == "spikes":
-        _, packed, shape, dtype = saved
-        n = 1
-        for d in shape:
-            n *= d
-        return _unpack_spikes(packed, n, -1, dtype).view(shape)
+        _, words, channels, channels_last, dtype = saved      # words: [N, H, W, ceil(C/32)]
+        if channels_last:
+            return _unpack_spikes(words, channels, 3, dtype).permute(0, 3, 1, 2)
+        return _unpack_spikes(words, channels, 1, dtype)
     return saved
 
 

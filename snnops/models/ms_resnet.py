@@ -19,7 +19,7 @@ from torch import nn
 from .. import tt
 from ..nn.tt_conv import TTConv2d
 from .blocks import (CONV_KINDS, NeuronConfig, SeqConv2d, SpikingNeuron, TemporalBatchNorm, check_backend,
-                     full_steps)
+                     frames_channels_last, full_steps, to_channels_last)
 
 STAGE_CHANNELS = (64, 128, 256, 512)
 DEPTHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
@@ -65,9 +65,27 @@ class MSBlock(nn.Module):
             self.shortcut = nn.Identity()
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        out = self.bn1(self.conv1(self.lif1(x_seq)))
-        out = self.bn2(self.conv2(self.lif2(out)))
+        if (x_seq.requires_grad and isinstance(self.shortcut, nn.Sequential) and self.shortcut[0].subsample_first
+                and frames_channels_last(x_seq)):
+            # The subsampling shortcut's backward writes its gradient in the default
+            # layout; summed with the LIF's channels-last one it would hand the previous
+            # BN a gradient whose layout differs from its input (a ~10x slower BN backward).
+            x_seq.register_hook(to_channels_last)
+        out = self.bn1(self._spike_conv(self.lif1, self.conv1, x_seq))
+        out = self.bn2(self._spike_conv(self.lif2, self.conv2, out))
         return out + self.shortcut(x_seq)
+
+    @staticmethod
+    def _spike_conv(lif, conv, x_seq):
+        """LIF then conv. On snnops the LIF kernel also writes the spikes bit-packed: the
+        TT layer's first core reads them directly and the dense conv keeps them for
+        backward (instead of packing them again)."""
+        takes_packed = ((isinstance(conv, TTConv2d) and conv.spiking and conv.backend == "snnops")
+                        or (isinstance(conv, SeqConv2d) and conv.spike_input and torch.is_grad_enabled()))
+        if not takes_packed or lif.backend != "snnops":
+            return conv(lif(x_seq))
+        spikes, packed = lif(x_seq, pack=True)
+        return conv(spikes, packed=packed)
 
 
 class MSResNet(nn.Module):
@@ -113,6 +131,7 @@ class MSResNet(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.head_lif = SpikingNeuron(neuron, backend)
         self.fc = nn.Linear(STAGE_CHANNELS[-1], num_classes)
+        _set_conv_layout(self, backend)
 
     def _conv(self, cin: int, cout: int, stride: int, layer: int) -> nn.Module:
         if self.conv == "dense":
@@ -149,12 +168,20 @@ class MSResNet(nn.Module):
         """``x``: ``[B, C, H, W]`` (repeated over T) or ``[T, B, C, H, W]``; returns
         logits ``[B, num_classes]`` (the mean over T of the per-step outputs)."""
         self.check_input(x)
+        if self.backend == "snnops":
+            # Channels-last frames throughout: oneDNN's convolutions are faster on them,
+            # the TT kernels write them, and BN and the LIF then never change layout.
+            x = to_channels_last(x)
         if x.dim() == 4:
             # A static image is the same at every step: run the stem once and repeat
             # its output (a broadcast view). BN statistics over T copies of a batch
             # equal those over the batch; only the unbiased running variance uses
             # B*H*W instead of T*B*H*W samples.
             out = self.stem_bn(self.stem_conv(x.unsqueeze(0)))
+            if self.backend == "snnops" and out.requires_grad:
+                # The repeat's backward sums over T into a default-layout tensor; BN's
+                # backward is ~10x slower when its gradient and input layouts differ.
+                out.register_hook(to_channels_last)
             out = out.expand(self.timesteps, *out.shape[1:])
         else:
             out = self.stem_bn(self.stem_conv(x))
@@ -186,6 +213,17 @@ class MSResNet(nn.Module):
         if self.ranks is not None:
             s += f", ranks={self.ranks}"
         return s
+
+
+def _set_conv_layout(model: nn.Module, backend: str) -> None:
+    """snnops runs on channels-last frames: its 3x3 / 1x1 conv weights are stored
+    channels-last too, so oneDNN never reorders a weight or its gradient (copies the
+    size of the largest weights, measured as the peak of the backward otherwise)."""
+    fmt = torch.channels_last if backend == "snnops" else torch.contiguous_format
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, SeqConv2d):
+                m.weight.data = m.weight.data.contiguous(memory_format=fmt)
 
 
 def _check_input_size(input_size, model):
@@ -327,4 +365,5 @@ def convert_backend(model: MSResNet, backend: str) -> MSResNet:
         elif isinstance(m, SeqConv2d) and m.kernel_size == (1, 1):
             m.subsample_first = backend == "snnops"
     other.backend = backend
+    _set_conv_layout(other, backend)
     return other
