@@ -87,6 +87,9 @@ def _setup_context(ctx, inputs, output):
     (x, v, decay, input_scale, v_threshold, v_reset, surrogate, alpha, detach_reset,
      return_membrane, save_for_backward, pack_dim) = inputs
     saved = output[3]
+    # Unused outputs (v_last, the membrane) get None instead of materialized zeros:
+    # measured 0.6 ms of zero-filling plus their reads per lif-T4 backward.
+    ctx.set_materialize_grads(False)
     ctx.params = (decay, input_scale, v_threshold, v_reset, surrogate, alpha, detach_reset)
     ctx.shape = x.shape
     ctx.dtype = x.dtype
