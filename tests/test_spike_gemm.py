@@ -18,6 +18,7 @@ EPS32 = 2.0 ** -24
 
 SHAPES = [  # (M, K, N)
     (1, 1, 1), (1, 33, 7), (5, 31, 65), (37, 100, 129), (130, 257, 64), (3, 1500, 70),
+    (700, 130, 20),  # several row blocks in the dense paths
     (0, 40, 5), (6, 0, 5), (6, 40, 0),
 ]
 DENSITIES = (0.0, 0.05, 0.3, 0.7, 1.0)
@@ -275,7 +276,7 @@ def test_compile_spiking_mlp_fullgraph():
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4])
 def test_lowbit_equals_float_math_on_dequantized_weights(isa, bits):
-    for (M, K, N) in [(5, 70, 9), (3, 300, 17), (1, 1, 1), (0, 40, 3), (4, 33, 0)]:
+    for (M, K, N) in [(5, 70, 9), (3, 300, 17), (6, 700, 5), (1, 1, 1), (0, 40, 3), (4, 33, 0)]:
         w = torch.randn(N, K)
         for per_channel in (False, True):
             mask = torch.rand(N, K) > 0.5 if per_channel else None
@@ -331,11 +332,12 @@ def test_non_binary_found_while_packing_inside_the_product(monkeypatch, isa_name
     # Sparse float32 rows with an output of one column chunk take the fused pack+multiply
     # path; a bad value there is reported like the packing op reports it.
     _set_isa(monkeypatch, isa_name)
-    s = _spikes((300, 70), 0.05)
-    s[257, 66] = 0.5
-    for n in (5, 64, 128):
-        with pytest.raises(RuntimeError, match=r"only 0 or 1, found 0.5 at index \(257, 66\)"):
-            snnops.spike_linear(s, torch.randn(n, 70))
+    for density in (0.05, 0.8):  # bit-scan and dense paths both pack the float spikes
+        s = _spikes((3000, 70), density)
+        s[2570, 66] = 0.5
+        for n in (5, 64, 128, 300):
+            with pytest.raises(RuntimeError, match=r"only 0 or 1, found 0.5 at index \(2570, 66\)"):
+                snnops.spike_linear(s, torch.randn(n, 70))
     x = _spikes((2, 3, 70), 0.05)
     x[1, 2, 3] = -1
     with pytest.raises(RuntimeError, match=r"found -1 at index \(1, 2, 3\)"):

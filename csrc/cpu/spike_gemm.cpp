@@ -59,18 +59,20 @@ Path forced_path() {
   return Path::kAuto;
 }
 
-// Density (fraction of set bits) above which the dense MKL path is faster, measured
-// with bench/bench_spike_gemm.py on the reference shapes (docs/spike_gemm.md).
-// (bench/bench_spike_gemm.py --paths, 1 thread, docs/spike_gemm.md). From float spikes
-// the dense path costs MKL plus the packing kept for backward; from packed spikes it
-// also unpacks, which costs most where N is small (gemm-tt-in: bit-scan was ahead of
-// unpack + MKL at every density measured, up to 0.5).
+// Density (fraction of set bits) above which the dense MKL path is faster, measured with
+// bench/bench_spike_gemm.py --paths (1 thread, densities 0.1-0.5, docs/spike_gemm.md);
+// the crossings moved by about 0.1 between runs on this shared machine.
+//  - from float spikes the dense path costs MKL plus the packing kept for backward,
+//    done block by block while MKL reads the same rows from cache;
+//  - from packed spikes it unpacks blocks into cache first; the bit-scan stayed ahead up
+//    to 0.5 with N = 64 (gemm-tt-in), to about 0.5 with N = 128 (gemm-conv1x1), to about
+//    0.35 with N = 4096 (gemm-fc);
+//  - dW: the bit-scan writes dW through a transposed tile; with a wide output (gemm-fc,
+//    a 64 MiB dW) that write dominates and MKL was ahead from 0.15; with N = 64 from
+//    about 0.45; with N = 128 the bit-scan stayed ahead up to 0.5.
 constexpr double kDenseForwardFloat = 0.4;
-inline double dense_forward_packed(int64_t N) { return N >= 128 ? 0.45 : 0.6; }
-// dW: the bit-scan writes dW through a transposed tile; with a wide output (gemm-fc,
-// 64 MiB dW) that write dominates and MKL caught up from density 0.15; with small N it
-// stayed ahead up to 0.5.
-inline double dense_grad_weight(int64_t N) { return N >= 1024 ? 0.15 : 0.6; }
+inline double dense_forward_packed(int64_t N) { return N >= 1024 ? 0.35 : N >= 128 ? 0.5 : 0.6; }
+inline double dense_grad_weight(int64_t N) { return N >= 1024 ? 0.15 : N >= 128 ? 0.6 : 0.45; }
 
 bool use_dense(double density, double threshold) {
   switch (forced_path()) {
@@ -88,7 +90,9 @@ int64_t count_bits(const at::Tensor& packed) {
   const uint32_t* w = reinterpret_cast<const uint32_t*>(packed.data_ptr<int32_t>());
   const int64_t n = packed.numel();
   std::atomic<int64_t> total{0};
-  parallel_pieces(n, 1 << 16, [&](int64_t a, int64_t b) { total += popcount_words(w + a, b - a); });
+  // One thread counts 16 MiB of words in about a millisecond; every parallel region
+  // costs a wake-up of the pool, which on a loaded machine is worth more than that.
+  parallel_pieces(n, 1 << 22, [&](int64_t a, int64_t b) { total += popcount_words(w + a, b - a); });
   return total.load();
 }
 
@@ -144,17 +148,12 @@ int64_t pack_rows_block(const T* x, int64_t K, uint32_t* out, int64_t W, int64_t
                         bool avx2, int64_t* bad_row) {
   for (int64_t r = r0; r < r1; ++r) {
     int64_t bad;
-#if SNN_HAVE_AVX2
     if constexpr (std::is_same_v<T, float>) {
-      bad = avx2 ? spike_pack::pack_row_f32(x + r * K, K, out + r * W)
-                 : spike_pack::pack_row<T>(x + r * K, K, out + r * W);
+      bad = spike_kernels::pack_row(x + r * K, K, out + r * W, avx2);
     } else {
+      (void)avx2;
       bad = spike_pack::pack_row<T>(x + r * K, K, out + r * W);
     }
-#else
-    (void)avx2;
-    bad = spike_pack::pack_row<T>(x + r * K, K, out + r * W);
-#endif
     if (bad >= 0) {
       *bad_row = r;
       return bad;
@@ -328,7 +327,8 @@ at::Tensor transpose_bits(const at::Tensor& packed2d, int64_t K) {
   if (t.numel() == 0) return t;
   const uint32_t* src = reinterpret_cast<const uint32_t*>(packed2d.data_ptr<int32_t>());
   uint32_t* dst = reinterpret_cast<uint32_t*>(t.data_ptr<int32_t>());
-  parallel_pieces(RW * W, 256, [&](int64_t t0, int64_t t1) {
+  // Serial up to 16384 blocks of 32x32 bits (gemm-conv1x1 has 4096): see count_bits.
+  parallel_pieces(RW * W, 16384, [&](int64_t t0, int64_t t1) {
     for (int64_t task = t0; task < t1; ++task) spike_kernels::transpose_bits_block(src, R, W, K, task / W, task % W, dst);
   });
   return t;
@@ -408,6 +408,55 @@ void bits_forward(const at::Tensor& packed2d, const at::Tensor& weight, const st
   run_bitgemm<T>(g);
 }
 
+// Rows of float spikes per block of the dense paths: 256 KiB of them stays in L2 between
+// being packed (or unpacked) and MKL reading them, so the spikes cross memory once.
+inline int64_t dense_block_rows(int64_t K) { return std::max<int64_t>(64, (256 * 1024) / (4 * std::max<int64_t>(K, 1))); }
+
+// Dense forward from float32 rows src [R, K], packing them for backward on the way,
+// block by block: Y = S W^T + b through MKL (one thread per block). -1 or r * K + k bad.
+int64_t dense_forward_packing(const float* src, const at::Tensor& src2d, uint32_t* packed, int64_t W,
+                              const at::Tensor& weight, const std::optional<at::Tensor>& bias, at::Tensor& out2d) {
+  const int64_t R = src2d.size(0), K = src2d.size(1);
+  const bool avx2 = use_avx2();
+  std::atomic<int64_t> bad{-1};
+  // Worker threads do not inherit the dispatcher's below-autograd state: hand them
+  // tensors that do not require grad, or the out= calls refuse to run.
+  const at::Tensor w = weight.detach(), s2d = src2d.detach();
+  const std::optional<at::Tensor> b = bias.has_value() ? std::optional<at::Tensor>(bias->detach()) : std::nullopt;
+  parallel_pieces(R, dense_block_rows(K), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t k = spike_kernels::pack_row(src + r * K, K, packed + r * W, avx2);
+      if (k >= 0) {
+        int64_t expect = -1;
+        bad.compare_exchange_strong(expect, r * K + k);
+        return;
+      }
+    }
+    at::Tensor o = out2d.narrow(0, r0, r1 - r0);
+    if (b.has_value()) at::addmm_out(o, *b, s2d.narrow(0, r0, r1 - r0), w.t());
+    else at::mm_out(o, s2d.narrow(0, r0, r1 - r0), w.t());
+  });
+  return bad.load();
+}
+
+// Dense forward from packed rows [R, W] (float32): each block unpacked into a per-thread
+// buffer that MKL reads from cache (no float copy of all spikes is written to memory).
+void dense_forward_unpacking(const uint32_t* words, int64_t R, int64_t W, int64_t K, const at::Tensor& weight,
+                             const std::optional<at::Tensor>& bias, at::Tensor& out2d) {
+  const bool avx2 = use_avx2();
+  const at::Tensor w = weight.detach();  // see dense_forward_packing
+  const std::optional<at::Tensor> b = bias.has_value() ? std::optional<at::Tensor>(bias->detach()) : std::nullopt;
+  parallel_pieces(R, dense_block_rows(K), [&](int64_t r0, int64_t r1) {
+    thread_local std::vector<float> buf;
+    buf.resize((r1 - r0) * K);
+    for (int64_t r = r0; r < r1; ++r) unpack_one_row<float>(words + r * W, K, buf.data() + (r - r0) * K, avx2);
+    at::Tensor s = at::from_blob(buf.data(), {r1 - r0, K}, w.options());
+    at::Tensor o = out2d.narrow(0, r0, r1 - r0);
+    if (b.has_value()) at::addmm_out(o, *b, s, w.t());
+    else at::mm_out(o, s, w.t());
+  });
+}
+
 at::Tensor forward_from_packed(const at::Tensor& packed, const at::Tensor& weight_in,
                                const std::optional<at::Tensor>& bias_in, int64_t nnz,
                                const at::Tensor& dense_spikes_rows, double threshold) {
@@ -426,10 +475,15 @@ at::Tensor forward_from_packed(const at::Tensor& packed, const at::Tensor& weigh
   at::Tensor out2d = out.view({R, N});
   const double density = (R * K) != 0 ? (double)nnz / (double)(R * K) : 0.0;
   if (K > 0 && use_dense(density, threshold)) {
-    at::Tensor s = dense_spikes_rows.defined() ? dense_spikes_rows.to(ct)
-                                                : unpack_impl(packed.view({R, W}), K, -1, ct, "snnops.spike_gemm");
-    if (bias.has_value()) at::addmm_out(out2d, *bias, s, weight.t());
-    else at::mm_out(out2d, s, weight.t());
+    if (!dense_spikes_rows.defined() && ct == at::kFloat) {
+      at::Tensor p = packed.contiguous();
+      dense_forward_unpacking(reinterpret_cast<const uint32_t*>(p.data_ptr<int32_t>()), R, W, K, weight, bias, out2d);
+    } else {
+      at::Tensor s = dense_spikes_rows.defined() ? dense_spikes_rows.to(ct)
+                                                  : unpack_impl(packed.view({R, W}), K, -1, ct, "snnops.spike_gemm");
+      if (bias.has_value()) at::addmm_out(out2d, *bias, s, weight.t());
+      else at::mm_out(out2d, s, weight.t());
+    }
   } else if (K == 0) {
     if (bias.has_value()) out2d.copy_(bias->expand({R, N}));
     else out2d.zero_();
@@ -475,8 +529,7 @@ std::tuple<at::Tensor, at::Tensor> spike_gemm_cpu(const at::Tensor& spikes, cons
   // are dense enough for MKL.
   const bool avx2 = spike_kernels::bits_avx2();
   if (spikes.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat && K > 0 && R > 0 && N > 0 &&
-      N <= spike_kernels::bitgemm_chunk(N, avx2) && spikes.movedim(dim, -1).is_contiguous() &&
-      (!bias.has_value() || bias->scalar_type() == at::kFloat)) {
+      spikes.movedim(dim, -1).is_contiguous() && (!bias.has_value() || bias->scalar_type() == at::kFloat)) {
     const float* src = spikes.movedim(dim, -1).data_ptr<float>();
     const int64_t S = std::min<int64_t>(R, 128);
     int64_t ones = 0;
@@ -484,13 +537,23 @@ std::tuple<at::Tensor, at::Tensor> spike_gemm_cpu(const at::Tensor& spikes, cons
       const float* row = src + ((i * R) / S) * K;
       for (int64_t k = 0; k < K; ++k) ones += row[k] == 1.0f;
     }
-    if (!use_dense((double)ones / (double)(S * K), kDenseForwardFloat)) {
-      const int64_t W = packed_words(K);
-      at::Tensor packed = at::empty(moved_shape(spikes.sizes(), dim, W), spikes.options().dtype(at::kInt));
-      std::vector<int64_t> shape(packed.sizes().begin(), packed.sizes().end() - 1);
-      shape.push_back(N);
+    const bool dense = use_dense((double)ones / (double)(S * K), kDenseForwardFloat);
+    const int64_t W = packed_words(K);
+    at::Tensor packed = at::empty(moved_shape(spikes.sizes(), dim, W), spikes.options().dtype(at::kInt));
+    std::vector<int64_t> shape(packed.sizes().begin(), packed.sizes().end() - 1);
+    shape.push_back(N);
+    at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+    if (dense) {
       at::Tensor out = at::empty(shape, weight.options());
-      at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+      at::Tensor out2d = out.view({R, N});
+      const int64_t bad = dense_forward_packing(src, spikes.movedim(dim, -1).reshape({R, K}),
+                                                reinterpret_cast<uint32_t*>(packed.data_ptr<int32_t>()), W, weight,
+                                                bias.has_value() ? std::optional<at::Tensor>(b) : std::nullopt, out2d);
+      if (bad >= 0) throw_non_binary_row(spikes, dim, bad / K, bad % K, op);
+      return {out, packed};
+    }
+    if (N <= spike_kernels::bitgemm_chunk(N, avx2)) {
+      at::Tensor out = at::empty(shape, weight.options());
       BitGemm<float> g{reinterpret_cast<const uint32_t*>(packed.data_ptr<int32_t>()), W, R, K,
                        weight.data_ptr<float>(), weight.stride(1), weight.stride(0), N, out.data_ptr<float>(), N, 1,
                        b.defined() ? b.data_ptr<float>() : nullptr, src, K};
@@ -563,7 +626,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spike_gemm_bwd_cpu(const at::Tens
     if (R == 0 || K == 0) {
       gw.zero_();
     } else if (use_dense(density, dense_grad_weight(N))) {
-      at::mm_out(gw, g.t(), unpack_impl(p, K, -1, ct, op));
+      const int64_t threads = at::get_num_threads();
+      if (ct == at::kFloat && !at::in_parallel_region() && (double)N * K * 4 * threads <= 8.0 * 1024 * 1024 &&
+          R > dense_block_rows(K)) {
+        // Blocks of S unpacked into cache, one partial dW per thread, summed at the end.
+        std::vector<at::Tensor> partial(threads);
+        for (auto& t : partial) t = at::zeros({N, K}, opts);
+        const uint32_t* words = reinterpret_cast<const uint32_t*>(p.data_ptr<int32_t>());
+        const bool avx2 = use_avx2();
+        const at::Tensor gd = g.detach();  // see dense_forward_packing
+        parallel_pieces(R, dense_block_rows(K), [&](int64_t r0, int64_t r1) {
+          thread_local std::vector<float> buf;
+          buf.resize((r1 - r0) * K);
+          for (int64_t r = r0; r < r1; ++r) unpack_one_row<float>(words + r * W, K, buf.data() + (r - r0) * K, avx2);
+          at::Tensor s = at::from_blob(buf.data(), {r1 - r0, K}, opts);
+          partial[at::get_thread_num()].addmm_(gd.narrow(0, r0, r1 - r0).t(), s);
+        });
+        gw.copy_(partial[0]);
+        for (int64_t t = 1; t < threads; ++t) gw.add_(partial[t]);
+      } else {
+        at::mm_out(gw, g.t(), unpack_impl(p, K, -1, ct, op));
+      }
     } else {
       at::Tensor st = transpose_bits(p, K);  // [K, ceil(R/32)]
       if (ct == at::kFloat) {
@@ -619,7 +702,6 @@ at::Tensor spike_gemm_lowbit_cpu(const at::Tensor& packed_in, const at::Tensor& 
   const bool per_channel = sc.numel() != 1;
   const double* bp = bs.defined() ? bs.data_ptr<double>() : nullptr;
   const int64_t np = bits + 1;
-  const int64_t offset = (int64_t(1) << bits) - 1;
   const bool avx2 = spike_kernels::bits_avx2();
   // Tasks: blocks of output rows x blocks of channels; a block of channels' planes
   // (nb * np * W words) is reused by every spike row of the task from cache.
@@ -629,21 +711,16 @@ at::Tensor spike_gemm_lowbit_cpu(const at::Tensor& packed_in, const at::Tensor& 
   const int64_t nrb = ceil_div(R, rb);
   auto run = [&](auto* dst) {
     parallel_pieces(nrb * nnb, 1, [&](int64_t t0, int64_t t1) {
-      int64_t cnt[5];
+      std::vector<int64_t> acc(nb);
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t r0 = (t / nnb) * rb, r1 = std::min(R, r0 + rb);
         const int64_t n0 = (t % nnb) * nb, n1 = std::min(N, n0 + nb);
         for (int64_t r = r0; r < r1; ++r) {
-          const uint32_t* s = S + r * W;
+          spike_kernels::lowbit_dots(S + r * W, P + n0 * np * W, W, bits, n1 - n0, acc.data(), avx2);
           for (int64_t n = n0; n < n1; ++n) {
-            const uint32_t* pn = P + n * np * W;
-            spike_kernels::lowbit_counts(s, pn, W, np, cnt, avx2);
-            int64_t acc = 0;
-            for (int64_t j = 0; j < bits; ++j) acc += cnt[j] << j;
-            acc = 2 * acc - offset * cnt[bits];
             // Exact: |acc| < 2^(bits + 1) K, so acc * scale rounds once (in double), and
             // the bias adds one more double rounding, as the float64 reference does.
-            double y = (double)acc * scp[per_channel ? n : 0];
+            double y = (double)acc[n - n0] * scp[per_channel ? n : 0];
             if (bp) y += bp[n];
             dst[r * N + n] = (std::remove_pointer_t<decltype(dst)>)y;
           }

@@ -22,6 +22,7 @@
 #define SNN_AVX2_BITS __attribute__((target("avx2,fma,popcnt,bmi,bmi2")))
 #define SNN_HAVE_AVX512 1
 #define SNN_AVX512_BITS __attribute__((target("avx512f,avx2,fma,popcnt,bmi,bmi2")))
+#define SNN_AVX512_POPCNT __attribute__((target("avx512f,avx512vpopcntdq,avx2,fma,popcnt,bmi,bmi2")))
 #else
 #define SNN_HAVE_AVX512 0
 #endif
@@ -76,14 +77,7 @@ template <typename T>
 int64_t pack_task_rows(const BitGemm<T>& g, int64_t r0, int64_t r1, bool avx2) {
   uint32_t* dst = const_cast<uint32_t*>(g.A);
   for (int64_t r = r0; r < r1; ++r) {
-    int64_t bad;
-#if SNN_HAVE_AVX2
-    if (avx2) bad = spike_pack::pack_row_f32(g.src + r * g.src_ld, g.C, dst + r * g.lda);
-    else bad = spike_pack::pack_row<float>(g.src + r * g.src_ld, g.C, dst + r * g.lda);
-#else
-    (void)avx2;
-    bad = spike_pack::pack_row<float>(g.src + r * g.src_ld, g.C, dst + r * g.lda);
-#endif
+    const int64_t bad = pack_row(g.src + r * g.src_ld, g.C, dst + r * g.lda, avx2);
     if (bad >= 0) return r * g.C + bad;
   }
   return -1;
@@ -432,6 +426,56 @@ SNN_AVX2_BITS void lowbit_counts_avx2(const uint32_t* s, const uint32_t* planes,
 }
 #endif  // SNN_HAVE_AVX2
 
+#if SNN_HAVE_AVX512
+// GCC 12's own AVX-512 headers warn about their _mm512_undefined_* placeholders.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// acc[i] = 2 sum_j 2^j popcount(s & plane_j) - (2^BITS - 1) popcount(s & mask) for NB
+// consecutive weight rows (planes of row i at P + i * (BITS + 1) * W), 512 spike bits per
+// step with one VPOPCNTQ per plane: each spike vector is loaded once for NB rows.
+template <int BITS, int NB>
+SNN_AVX512_POPCNT void lowbit_dots_vpopcnt(const uint32_t* s, const uint32_t* P, int64_t W, int64_t* acc) {
+  constexpr int NP = BITS + 1;
+  __m512i a[NB];
+#pragma GCC unroll 4
+  for (int i = 0; i < NB; ++i) a[i] = _mm512_setzero_si512();
+  for (int64_t w = 0; w < W; w += 16) {
+    const __mmask16 m = W - w >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (W - w)) - 1u);
+    const __m512i sv = _mm512_maskz_loadu_epi32(m, s + w);
+#pragma GCC unroll 4
+    for (int i = 0; i < NB; ++i) {
+      const uint32_t* p = P + (int64_t)i * NP * W + w;
+#pragma GCC unroll 5
+      for (int j = 0; j < BITS; ++j) {
+        const __m512i c = _mm512_popcnt_epi64(_mm512_and_si512(sv, _mm512_maskz_loadu_epi32(m, p + j * W)));
+        a[i] = _mm512_add_epi64(a[i], _mm512_slli_epi64(c, j + 1));
+      }
+      const __m512i c = _mm512_popcnt_epi64(_mm512_and_si512(sv, _mm512_maskz_loadu_epi32(m, p + BITS * W)));
+      a[i] = _mm512_sub_epi64(a[i], _mm512_sub_epi64(_mm512_slli_epi64(c, BITS), c));
+    }
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < NB; ++i) acc[i] = _mm512_reduce_add_epi64(a[i]);
+}
+
+template <int BITS>
+void lowbit_dots_bits(const uint32_t* s, const uint32_t* P, int64_t W, int64_t nrows, int64_t* acc) {
+  int64_t i = 0;
+  for (; i + 4 <= nrows; i += 4) lowbit_dots_vpopcnt<BITS, 4>(s, P + i * (BITS + 1) * W, W, acc + i);
+  for (; i < nrows; ++i) lowbit_dots_vpopcnt<BITS, 1>(s, P + i * (BITS + 1) * W, W, acc + i);
+}
+#pragma GCC diagnostic pop
+
+bool has_vpopcntdq() {
+  static const bool ok = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vpopcntdq") != 0;
+  }();
+  return ok;
+}
+#endif
+
 // a[i] bit j <-> a[j] bit i (LSB-first on both axes): swap off-diagonal blocks of 16, 8, .. 1.
 inline void transpose32(uint32_t a[32]) {
   static const uint32_t masks[5] = {0x0000FFFFu, 0x00FF00FFu, 0x0F0F0F0Fu, 0x33333333u, 0x55555555u};
@@ -460,6 +504,14 @@ SNN_AVX2_BITS int64_t popcount_fast(const uint32_t* w, int64_t n) {
 #endif
 
 }  // namespace
+
+int64_t pack_row(const float* x, int64_t K, uint32_t* words, bool avx2) {
+#if SNN_HAVE_AVX2
+  if (avx2) return spike_pack::pack_row_f32(x, K, words);
+#endif
+  (void)avx2;
+  return spike_pack::pack_row<float>(x, K, words);
+}
 
 int64_t popcount_words(const uint32_t* w, int64_t n, bool fast) {
 #if SNN_HAVE_AVX2
@@ -534,6 +586,28 @@ void transpose_bits_block(const uint32_t* src, int64_t R, int64_t W, int64_t K, 
   transpose32(a);
   const int64_t kmax = std::min<int64_t>(32, K - w * 32);
   for (int64_t j = 0; j < kmax; ++j) dst[(w * 32 + j) * RW + rw] = a[j];
+}
+
+void lowbit_dots(const uint32_t* s, const uint32_t* planes, int64_t W, int64_t bits, int64_t nrows, int64_t* acc,
+                 bool avx2) {
+  const int64_t np = bits + 1;
+#if SNN_HAVE_AVX512
+  if (avx2 && bits_avx512() && has_vpopcntdq()) {
+    switch (bits) {
+      case 1: return lowbit_dots_bits<1>(s, planes, W, nrows, acc);
+      case 2: return lowbit_dots_bits<2>(s, planes, W, nrows, acc);
+      case 3: return lowbit_dots_bits<3>(s, planes, W, nrows, acc);
+      default: return lowbit_dots_bits<4>(s, planes, W, nrows, acc);
+    }
+  }
+#endif
+  int64_t cnt[5];
+  for (int64_t i = 0; i < nrows; ++i) {
+    lowbit_counts(s, planes + i * np * W, W, np, cnt, avx2);
+    int64_t a = 0;
+    for (int64_t j = 0; j < bits; ++j) a += cnt[j] << j;
+    acc[i] = 2 * a - ((int64_t(1) << bits) - 1) * cnt[bits];
+  }
 }
 
 void lowbit_counts(const uint32_t* s, const uint32_t* planes, int64_t W, int64_t np, int64_t* cnt, bool avx2) {

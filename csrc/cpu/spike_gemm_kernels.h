@@ -57,6 +57,17 @@ void transpose_bits_block(const uint32_t* src, int64_t R, int64_t W, int64_t K, 
 // cnt[j] = popcount(s AND plane_j) over W words.
 void lowbit_counts(const uint32_t* s, const uint32_t* planes, int64_t W, int64_t np, int64_t* cnt, bool avx2);
 
+// For nrows consecutive weight rows (planes [nrows, bits + 1, W]): the exact integer
+// acc[i] = 2 sum_j 2^j popcount(s & plane_j) - (2^bits - 1) popcount(s & mask), so that
+// y = acc * scale. AVX-512 VPOPCNTDQ where the CPU has it, else lowbit_counts.
+void lowbit_dots(const uint32_t* s, const uint32_t* planes, int64_t W, int64_t bits, int64_t nrows, int64_t* acc,
+                 bool avx2);
+
+// pack_row_f32 of cpu/spike_pack.h (`avx2` false: the portable routine). Returns -1 or
+// the feature index of a value not 0 or 1. (An AVX-512 version measured no faster: the
+// packing of float spikes is bound by reading them from memory.)
+int64_t pack_row(const float* x, int64_t K, uint32_t* words, bool avx2);
+
 // Set bits in w[0, n) (hardware popcnt when `fast`).
 int64_t popcount_words(const uint32_t* w, int64_t n, bool fast);
 
