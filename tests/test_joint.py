@@ -91,6 +91,45 @@ def test_gradients_reach_shared_factors_and_own_sigma_only(path, other):
     assert getattr(lin.factors, f"sigma_{other}").grad is None
 
 
+def test_wft_gradcheck_float64():
+    conv = WFTConv2d(3, 2, 2, stride=1, padding=1, bias=True).double()
+    lin = WFTLinear(3, 4).double()
+    x = torch.randn(2, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    z = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    for path in ("ann", "snn"):
+        f = conv.factors
+        sigma = getattr(f, f"sigma_{path}")
+
+        def conv_fn(x, U, V, s, _path=path):
+            # U, V and the path's sigma substituted for the parameters, so gradcheck sees them
+            return torch.func.functional_call(conv, {"factors.U": U, "factors.V": V, f"factors.sigma_{_path}": s},
+                                              (x, _path))
+
+        args = (x, f.U.detach().clone().requires_grad_(), f.V.detach().clone().requires_grad_(),
+                sigma.detach().clone().requires_grad_())
+        assert torch.autograd.gradcheck(conv_fn, args)
+        g = lin.factors
+        lin_fn = (lambda z, U, V, s, _path=path: torch.func.functional_call(
+            lin, {"factors.U": U, "factors.V": V, f"factors.sigma_{_path}": s}, (z, _path)))
+        assert torch.autograd.gradcheck(lin_fn, (z, g.U.detach().clone().requires_grad_(),
+                                                 g.V.detach().clone().requires_grad_(),
+                                                 getattr(g, f"sigma_{path}").detach().clone().requires_grad_()))
+
+
+def test_wft_non_contiguous_and_empty_inputs():
+    conv = WFTConv2d(3, 4, 3, padding=1)
+    x = torch.randn(2, 5, 5, 3).permute(0, 3, 1, 2)  # channels-last view
+    assert not x.is_contiguous()
+    torch.testing.assert_close(conv(x, "snn"), conv(x.contiguous(), "snn"), rtol=0, atol=0)
+    assert conv(torch.randn(0, 3, 5, 5), "ann").shape == (0, 4, 5, 5)
+    assert conv(torch.randn(2, 0, 3, 5, 5), "snn").shape == (2, 0, 4, 5, 5)
+    lin = WFTLinear(5, 3)
+    z = torch.randn(4, 10)[:, ::2]
+    torch.testing.assert_close(lin(z, "ann"), lin(z.contiguous(), "ann"), rtol=0, atol=0)
+    assert lin(torch.randn(0, 5), "snn").shape == (0, 3)
+    assert DualBatchNorm2d(4)(torch.randn(0, 4, 2, 2), "ann").shape == (0, 4, 2, 2)
+
+
 def test_separate_and_shared_weights():
     w0 = torch.randn(4, 3, 3, 3)
     sep = WFTConv2d(3, 4, 3, weights="separate", weight=w0)
