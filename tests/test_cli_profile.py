@@ -39,9 +39,11 @@ def test_profile_tiny_run_writes_table_json_and_chart(tmp_path, capsys):
     for r in rows.values():
         assert len(r["times_s"]) == 2 and r["time_s"] > 0
         assert r["peak_activation_bytes"] > 0 and r["saved_for_backward_bytes"] > 0
-        assert set(r["shares"]) == {"conv", "lif", "bn", "other"}
+        assert set(r["shares"]) == {"conv", "lif", "bn", "bn_lif", "other"}
         assert sum(r["shares"].values()) == pytest.approx(1.0, abs=1e-6)
         assert r["shares"]["conv"] > 0 and r["shares"]["lif"] > 0 and r["shares"]["bn"] > 0
+        # snnops fuses each block's first BN with the LIF after it; plain PyTorch has no such op
+        assert (r["shares"]["bn_lif"] > 0) == (r["backend"] == "snnops")
     assert rows["dense"]["baseline"] == "dense" and rows["dense"]["reduction_pct"] == pytest.approx(0.0)
     assert rows["ptt-ref"]["baseline"] == "dense-ref"
     # (at this tiny size the dense peak is set by weight-sized gradients, not activations)

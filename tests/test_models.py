@@ -191,6 +191,37 @@ def test_spike_conv_saves_bits():
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("conv", ("dense", "htt"))
+def test_fused_bn_lif_equals_bn_then_lif(conv, monkeypatch):
+    """Each block's first BN and the LIF after it run as one fused op on snnops; the
+    model computes what BN then LIF compute (float64: no threshold ties), including
+    the running statistics."""
+    import copy
+    from snnops.models import blocks, ms_resnet
+    torch.manual_seed(5)
+    fused = _spiking_bn(models.ms_resnet18(conv, timesteps=2)).double()
+    separate = copy.deepcopy(fused)
+    for m in separate.modules():
+        if isinstance(m, blocks.TemporalBatchNorm):
+            m.fuse_lif = False
+    calls = []
+    real = ms_resnet.fused_bn_lif
+    monkeypatch.setattr(ms_resnet, "fused_bn_lif", lambda *a: calls.append(1) or real(*a))
+    x, y = torch.randn(4, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 3])
+    a, b = fused(x), separate(x)
+    assert len(calls) == 8                      # one per block
+    torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    F.cross_entropy(a, y).backward()
+    F.cross_entropy(b, y).backward()
+    for (name, p), q in zip(fused.named_parameters(), separate.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-7, atol=1e-9, msg=name)
+    for (name, t), u in zip(fused.named_buffers(), separate.buffers()):
+        torch.testing.assert_close(t, u, rtol=1e-9, atol=1e-12, msg=name)
+    fused.eval()
+    separate.eval()
+    torch.testing.assert_close(fused(x), separate(x), rtol=1e-9, atol=1e-9)
+
+
 def test_subsampled_shortcut_is_the_strided_conv():
     conv = SeqConv2d(8, 16, 1, stride=2, bias=False)
     x = torch.randn(2, 3, 8, 7, 9)

@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import reference
+from .. import surrogate as _surrogate
 from ..nn.tt_conv import parse_schedule
+from ..ops.bn_lif import bn_lif as _bn_lif
 from ..ops.lif import lif as _snnops_lif, resolve_params
 from ..ops.pack import pack_spikes as _pack_spikes, unpack_spikes as _unpack_spikes
 
@@ -168,6 +170,36 @@ class TemporalBatchNorm(nn.BatchNorm2d):
 def _distributed_world() -> int:
     import torch.distributed as dist
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+# ----------------------------------------------------------------------------- BN + LIF
+
+BN_LIF_RANGE = "snnops.bn_lif"
+
+
+def fusable(bn: "TemporalBatchNorm", lif: SpikingNeuron, z_seq: torch.Tensor) -> bool:
+    """BN then LIF run as one :func:`snnops.bn_lif` on the snnops backend for the
+    TT-SNN neuron (hard reset detached from the graph, rectangular surrogate) on
+    channels-last frames; other neurons, and BN synchronized across processes, run
+    BN then the fused LIF."""
+    n = lif.neuron
+    return (lif.backend == "snnops" and getattr(bn, "fuse_lif", True) and n.detach_reset and n.v_reset is not None
+            and isinstance(_surrogate.get(n.surrogate), _surrogate.Rectangular) and bn.affine
+            and bn.track_running_stats and bn.momentum is not None
+            and not (bn.sync and bn.training and _distributed_world() > 1)
+            and z_seq.dim() == 5 and frames_channels_last(z_seq) and z_seq.dtype in (torch.float32, torch.float64))
+
+
+def fused_bn_lif(bn: "TemporalBatchNorm", lif: SpikingNeuron, z_seq: torch.Tensor):
+    """``(spikes, packed)`` of ``lif(bn(z_seq))`` in one fused op (BN's running
+    statistics updated as BN would)."""
+    n = lif.neuron
+    if bn.training:
+        bn.num_batches_tracked.add_(1)
+    with torch.autograd.profiler.record_function(BN_LIF_RANGE):
+        return _bn_lif(z_seq, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.training, bn.momentum,
+                       bn.eps, decay=n.decay, v_threshold=n.v_threshold, v_reset=n.v_reset,
+                       width=_surrogate.get(n.surrogate).width)
 
 
 # ----------------------------------------------------------------------------- convs

@@ -19,7 +19,7 @@ from torch import nn
 from .. import tt
 from ..nn.tt_conv import TTConv2d
 from .blocks import (CONV_KINDS, NeuronConfig, SeqConv2d, SpikingNeuron, TemporalBatchNorm, check_backend,
-                     frames_channels_last, full_steps, to_channels_last)
+                     frames_channels_last, full_steps, fusable, fused_bn_lif, to_channels_last)
 
 STAGE_CHANNELS = (64, 128, 256, 512)
 DEPTHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
@@ -71,21 +71,34 @@ class MSBlock(nn.Module):
             # layout; summed with the LIF's channels-last one it would hand the previous
             # BN a gradient whose layout differs from its input (a ~10x slower BN backward).
             x_seq.register_hook(to_channels_last)
-        out = self.bn1(self._spike_conv(self.lif1, self.conv1, x_seq))
-        out = self.bn2(self._spike_conv(self.lif2, self.conv2, out))
+        pack = _wants_packed(self.conv1) and self.lif1.backend == "snnops"
+        spikes = self.lif1(x_seq, pack=pack)
+        out = _conv_spikes(self.conv1, spikes)
+        pack = _wants_packed(self.conv2) and self.lif2.backend == "snnops"
+        if fusable(self.bn1, self.lif2, out):
+            spikes = fused_bn_lif(self.bn1, self.lif2, out)   # (spikes, packed)
+            if not pack:
+                spikes = spikes[0]
+        else:
+            spikes = self.lif2(self.bn1(out), pack=pack)
+        out = self.bn2(_conv_spikes(self.conv2, spikes))
         return out + self.shortcut(x_seq)
 
-    @staticmethod
-    def _spike_conv(lif, conv, x_seq):
-        """LIF then conv. On snnops the LIF kernel also writes the spikes bit-packed: the
-        TT layer's first core reads them directly and the dense conv keeps them for
-        backward (instead of packing them again)."""
-        takes_packed = ((isinstance(conv, TTConv2d) and conv.spiking and conv.backend == "snnops")
-                        or (isinstance(conv, SeqConv2d) and conv.spike_input and torch.is_grad_enabled()))
-        if not takes_packed or lif.backend != "snnops":
-            return conv(lif(x_seq))
-        spikes, packed = lif(x_seq, pack=True)
-        return conv(spikes, packed=packed)
+
+def _wants_packed(conv) -> bool:
+    """The conv can use the spikes bit-packed along the channels: the TT layer's first
+    core reads them directly, the dense conv keeps them for backward instead of
+    packing them again."""
+    return ((isinstance(conv, TTConv2d) and conv.spiking and conv.backend == "snnops")
+            or (isinstance(conv, SeqConv2d) and conv.spike_input and torch.is_grad_enabled()))
+
+
+def _conv_spikes(conv, spikes):
+    if isinstance(spikes, tuple):
+        spikes, packed = spikes
+        if packed is not None:
+            return conv(spikes, packed=packed)
+    return conv(spikes)
 
 
 class MSResNet(nn.Module):
