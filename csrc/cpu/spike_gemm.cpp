@@ -64,14 +64,14 @@ Path forced_path() {
 // the crossings moved by about 0.1 between runs on this shared machine.
 //  - from float spikes the dense path costs MKL plus the packing kept for backward,
 //    done block by block while MKL reads the same rows from cache;
-//  - from packed spikes it unpacks blocks into cache first; the bit-scan stayed ahead up
-//    to 0.5 with N = 64 (gemm-tt-in), to about 0.5 with N = 128 (gemm-conv1x1), to about
-//    0.35 with N = 4096 (gemm-fc);
+//  - from packed spikes it unpacks blocks into cache first; the bit-scan stayed ahead of
+//    it up to 0.5 with N = 64 and 128 (gemm-tt-in, gemm-conv1x1), to about 0.35 with
+//    N = 4096 (gemm-fc);
 //  - dW: the bit-scan writes dW through a transposed tile; with a wide output (gemm-fc,
 //    a 64 MiB dW) that write dominates and MKL was ahead from 0.15; with N = 64 from
 //    about 0.45; with N = 128 the bit-scan stayed ahead up to 0.5.
 constexpr double kDenseForwardFloat = 0.4;
-inline double dense_forward_packed(int64_t N) { return N >= 1024 ? 0.35 : N >= 128 ? 0.5 : 0.6; }
+inline double dense_forward_packed(int64_t N) { return N >= 1024 ? 0.35 : 0.6; }
 inline double dense_grad_weight(int64_t N) { return N >= 1024 ? 0.15 : N >= 128 ? 0.6 : 0.45; }
 
 bool use_dense(double density, double threshold) {
@@ -410,7 +410,16 @@ void bits_forward(const at::Tensor& packed2d, const at::Tensor& weight, const st
 
 // Rows of float spikes per block of the dense paths: 256 KiB of them stays in L2 between
 // being packed (or unpacked) and MKL reading them, so the spikes cross memory once.
+// (256 KiB, 1 MiB and 4 MiB measured the same on gemm-conv1x1 and gemm-tt-in.)
 inline int64_t dense_block_rows(int64_t K) { return std::max<int64_t>(64, (256 * 1024) / (4 * std::max<int64_t>(K, 1))); }
+
+// A per-thread buffer of n floats, 64-byte aligned, kept across calls.
+float* block_buffer(int64_t n) {
+  thread_local std::vector<float> buf;
+  if ((int64_t)buf.size() < n + 16) buf.resize(n + 16);
+  const uintptr_t p = reinterpret_cast<uintptr_t>(buf.data());
+  return reinterpret_cast<float*>((p + 63) & ~uintptr_t(63));
+}
 
 // Dense forward from float32 rows src [R, K], packing them for backward on the way,
 // block by block: Y = S W^T + b through MKL (one thread per block). -1 or r * K + k bad.
@@ -447,10 +456,9 @@ void dense_forward_unpacking(const uint32_t* words, int64_t R, int64_t W, int64_
   const at::Tensor w = weight.detach();  // see dense_forward_packing
   const std::optional<at::Tensor> b = bias.has_value() ? std::optional<at::Tensor>(bias->detach()) : std::nullopt;
   parallel_pieces(R, dense_block_rows(K), [&](int64_t r0, int64_t r1) {
-    thread_local std::vector<float> buf;
-    buf.resize((r1 - r0) * K);
-    for (int64_t r = r0; r < r1; ++r) unpack_one_row<float>(words + r * W, K, buf.data() + (r - r0) * K, avx2);
-    at::Tensor s = at::from_blob(buf.data(), {r1 - r0, K}, w.options());
+    float* buf = block_buffer((r1 - r0) * K);
+    for (int64_t r = r0; r < r1; ++r) unpack_one_row<float>(words + r * W, K, buf + (r - r0) * K, avx2);
+    at::Tensor s = at::from_blob(buf, {r1 - r0, K}, w.options());
     at::Tensor o = out2d.narrow(0, r0, r1 - r0);
     if (b.has_value()) at::addmm_out(o, *b, s, w.t());
     else at::mm_out(o, s, w.t());
@@ -636,10 +644,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spike_gemm_bwd_cpu(const at::Tens
         const bool avx2 = use_avx2();
         const at::Tensor gd = g.detach();  // see dense_forward_packing
         parallel_pieces(R, dense_block_rows(K), [&](int64_t r0, int64_t r1) {
-          thread_local std::vector<float> buf;
-          buf.resize((r1 - r0) * K);
-          for (int64_t r = r0; r < r1; ++r) unpack_one_row<float>(words + r * W, K, buf.data() + (r - r0) * K, avx2);
-          at::Tensor s = at::from_blob(buf.data(), {r1 - r0, K}, opts);
+          float* buf = block_buffer((r1 - r0) * K);
+          for (int64_t r = r0; r < r1; ++r) unpack_one_row<float>(words + r * W, K, buf + (r - r0) * K, avx2);
+          at::Tensor s = at::from_blob(buf, {r1 - r0, K}, opts);
           partial[at::get_thread_num()].addmm_(gd.narrow(0, r0, r1 - r0).t(), s);
         });
         gw.copy_(partial[0]);
