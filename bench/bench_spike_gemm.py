@@ -149,6 +149,7 @@ def plot(rows, path):
         ax.set_xlabel("spike density")
         ax.set_ylabel("speedup vs MKL (x)")
         ax.set_xscale("log")
+        ax.minorticks_off()
         ax.set_xticks(d)
         ax.set_xticklabels([f"{v:g}" for v in d])
     axes[0][0].legend(fontsize=8)
