@@ -10,6 +10,7 @@ from .ops.spike_gemm import QuantizedWeight, lowbit_weight, pack_spikes, quantiz
 from . import nn
 from . import tt
 from .ops.tt_conv import ptt_conv, tt_conv
+from .ops.bn_lif import bn_lif
 
 __version__ = "0.1.0"
 

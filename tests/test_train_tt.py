@@ -142,6 +142,27 @@ def test_cifar_from_a_local_directory(tmp_path):
     assert summary["train_images"] == 60 and summary["test_images"] == 12
 
 
+def test_vbmf_ranks_from_a_dense_checkpoint(tmp_path):
+    """--ranks vbmf estimates every layer's rank by EVBMF from a trained dense model's
+    checkpoint (here one whose kernels have rank 5 plus noise, as training leaves them)."""
+    from snnops import models
+    _, out = _train(tmp_path, "--conv", "dense", "--epochs", "1", "--timesteps", "1", name="dense")
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    dense = models.ms_resnet18("dense", timesteps=1, in_channels=1)
+    dense.load_state_dict(ckpt["model"])
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _, _, m in dense.tt_layers():
+            cout, cin = m.weight.shape[:2]
+            low = torch.randn(cout, 5, generator=g) @ torch.randn(5, 9 * cin, generator=g)
+            m.weight.copy_((low + 0.01 * torch.randn(cout, 9 * cin, generator=g)).view_as(m.weight))
+    ckpt["model"] = dense.state_dict()
+    torch.save(ckpt, tmp_path / "dense.pt")
+    summary, _ = _train(tmp_path, "--conv", "ptt", "--ranks", "vbmf", "--dense-from", str(tmp_path / "dense.pt"),
+                        "--epochs", "1", name="vbmf")
+    assert summary["ranks"] == [5] * 16
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--dataset", "cifar10"], "pass --data-dir"),
     (["--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"], "dataset directory not found"),

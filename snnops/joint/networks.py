@@ -48,9 +48,6 @@ class DualOutput:
         """The network's prediction (the last branch)."""
         return self.logits[-1]
 
-    def final_only(self) -> "DualOutput":
-        return DualOutput(self.logits[-1:], self.features[-1:])
-
 
 class DualAct(nn.Module):
     """ReLU on the ANN path, multi-step LIF on the SNN path (``[T, B, ...]``)."""

@@ -136,6 +136,9 @@ class TemporalBatchNorm(nn.BatchNorm2d):
     def __init__(self, num_features: int, **kwargs):
         super().__init__(num_features, **kwargs)
         self.sync = False
+        # On snnops, a BN followed directly by a LIF runs fused with it (see fusable);
+        # False keeps them separate (the same results, for comparison).
+        self.fuse_lif = True
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         steps = x_seq.shape[0]
@@ -183,7 +186,7 @@ def fusable(bn: "TemporalBatchNorm", lif: SpikingNeuron, z_seq: torch.Tensor) ->
     channels-last frames; other neurons, and BN synchronized across processes, run
     BN then the fused LIF."""
     n = lif.neuron
-    return (lif.backend == "snnops" and getattr(bn, "fuse_lif", True) and n.detach_reset and n.v_reset is not None
+    return (lif.backend == "snnops" and bn.fuse_lif and n.detach_reset and n.v_reset is not None
             and isinstance(_surrogate.get(n.surrogate), _surrogate.Rectangular) and bn.affine
             and bn.track_running_stats and bn.momentum is not None
             and not (bn.sync and bn.training and _distributed_world() > 1)
