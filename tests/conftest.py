@@ -14,14 +14,15 @@ def _seed():
     yield
 
 
-@pytest.fixture(params=["avx2", "generic"])
+@pytest.fixture(params=["avx512", "avx2", "generic"])
 def cpu_isa(request, monkeypatch):
-    """Run a test on both C++ code paths (the AVX2 one is skipped on CPUs without it)."""
+    """Run a test on every C++ code path this CPU has (SNNOPS_CPU_ISA selects a lower one;
+    the AVX-512 and AVX2 paths are skipped on CPUs without them)."""
     import snnops
-    if request.param == "avx2":
+    if request.param == "avx512":
         monkeypatch.delenv("SNNOPS_CPU_ISA", raising=False)
-        if snnops.cpu_isa() != "avx2":
-            pytest.skip("this CPU (or build) has no AVX2+FMA path")
     else:
-        monkeypatch.setenv("SNNOPS_CPU_ISA", "generic")
+        monkeypatch.setenv("SNNOPS_CPU_ISA", request.param)
+    if snnops.cpu_isa() != request.param:
+        pytest.skip(f"this CPU (or build) has no {request.param} path")
     return request.param

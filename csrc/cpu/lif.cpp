@@ -141,28 +141,37 @@ inline T gv_at(const T* g_vlast, const T* g_mem, int64_t t, int64_t steps, int64
 }
 
 // Rectangular surrogate, detached reset: everything needed is in the bits.
+// One step t for neurons a0+i0 .. a0+i1 of a block whose carried gradient is g.
+template <typename T>
+inline void bwd_bits_lanes(const LifParams& p, const T* g_spk, const T* g_vlast, const T* g_mem,
+                           const uint8_t* win, const uint8_t* sp, T* gx, T* g, int64_t t,
+                           int64_t steps, int64_t N, int64_t a0, int64_t i0, int64_t i1) {
+  const T lam = (T)p.decay, c = (T)p.input_scale, inv_a = T(1) / (T)p.alpha;
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t n = a0 + i, off = t * N + n;
+    T sg = get_bit(win, n) ? inv_a : T(0);
+    T dvdh = (sp && get_bit(sp, n)) ? T(0) : T(1);
+    T gs = g_spk ? g_spk[off] : T(0);
+    T gh = gs * sg + (gv_at(g_vlast, g_mem, t, steps, off, n) + g[i]) * dvdh;
+    gx[off] = gh * c;
+    g[i] = gh * lam;
+  }
+}
+
 template <typename T>
 void bwd_bits_generic(const LifParams& p, const T* g_spk, const T* g_vlast, const T* g_mem,
                       const uint8_t* saved, T* gx, T* gv0, int64_t steps, int64_t N, int64_t n0,
                       int64_t n1) {
   const int64_t words = ceil_div(N, 32);
-  const T lam = (T)p.decay, c = (T)p.input_scale, inv_a = T(1) / (T)p.alpha;
+  uint8_t* sv = const_cast<uint8_t*>(saved);
   std::vector<T> g(kBlock);
   for (int64_t a0 = n0; a0 < n1; a0 += kBlock) {
     const int64_t len = std::min(kBlock, n1 - a0);
     std::fill(g.begin(), g.begin() + len, T(0));
     for (int64_t t = steps - 1; t >= 0; --t) {
-      const uint8_t* win = plane_row(const_cast<uint8_t*>(saved), 0, t, steps, words);
-      const uint8_t* sp = p.hard ? plane_row(const_cast<uint8_t*>(saved), 1, t, steps, words) : nullptr;
-      for (int64_t i = 0; i < len; ++i) {
-        const int64_t n = a0 + i, off = t * N + n;
-        T sg = get_bit(win, n) ? inv_a : T(0);
-        T dvdh = (sp && get_bit(sp, n)) ? T(0) : T(1);
-        T gs = g_spk ? g_spk[off] : T(0);
-        T gh = gs * sg + (gv_at(g_vlast, g_mem, t, steps, off, n) + g[i]) * dvdh;
-        gx[off] = gh * c;
-        g[i] = gh * lam;
-      }
+      bwd_bits_lanes<T>(p, g_spk, g_vlast, g_mem, plane_row(sv, 0, t, steps, words),
+                        p.hard ? plane_row(sv, 1, t, steps, words) : nullptr, gx, g.data(), t, steps, N,
+                        a0, 0, len);
     }
     if (gv0) std::copy(g.begin(), g.begin() + len, gv0 + a0);
   }
@@ -181,40 +190,51 @@ inline T dv_dh(const LifParams& p, T h, bool s, T sg) {
 }
 
 // Any other configuration: recompute h from x, then run time backwards.
+// Forward over lanes i0..i1 of a block at one step, writing h into the history row ht.
+template <typename T>
+inline void recompute_h_lanes(const LifParams& p, const T* xt, T* ht, T* v, int64_t i0, int64_t i1) {
+  const T lam = (T)p.decay, c = (T)p.input_scale, b = (T)p.bias, vth = (T)p.v_threshold,
+          vr = (T)p.v_reset;
+  for (int64_t i = i0; i < i1; ++i) {
+    T h = (v[i] * lam + xt[i] * c) + b;
+    ht[i] = h;
+    v[i] = h >= vth ? (p.hard ? vr : h - vth) : h;
+  }
+}
+
+// Backward step t over lanes i0..i1 of a block starting at neuron a0, from history row ht.
+template <typename T>
+inline void recompute_grad_lanes(const LifParams& p, const T* ht, const T* g_spk, const T* g_vlast,
+                                 const T* g_mem, T* gx, T* g, int64_t t, int64_t steps, int64_t N,
+                                 int64_t a0, int64_t i0, int64_t i1) {
+  const T lam = (T)p.decay, c = (T)p.input_scale, vth = (T)p.v_threshold;
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t n = a0 + i, off = t * N + n;
+    T h = ht[i];
+    bool s = h >= vth;
+    T sg = surrogate_grad<T>(p, h - vth);
+    T gs = g_spk ? g_spk[off] : T(0);
+    T gh = gs * sg + (gv_at(g_vlast, g_mem, t, steps, off, n) + g[i]) * dv_dh<T>(p, h, s, sg);
+    gx[off] = gh * c;
+    g[i] = gh * lam;
+  }
+}
+
 template <typename T>
 void bwd_recompute_generic(const LifParams& p, const T* x, const T* v0, const T* g_spk,
                            const T* g_vlast, const T* g_mem, T* gx, T* gv0, int64_t steps,
                            int64_t N, int64_t n0, int64_t n1) {
   const int64_t blk = recompute_block(steps, sizeof(T));
-  const T lam = (T)p.decay, c = (T)p.input_scale, b = (T)p.bias, vth = (T)p.v_threshold,
-          vr = (T)p.v_reset;
   std::vector<T> hist(steps * blk), v(blk), g(blk);
   for (int64_t a0 = n0; a0 < n1; a0 += blk) {
     const int64_t len = std::min(blk, n1 - a0);
     for (int64_t i = 0; i < len; ++i) v[i] = v0 ? v0[a0 + i] : T(0);
-    for (int64_t t = 0; t < steps; ++t) {
-      const T* xt = x + t * N + a0;
-      T* ht = hist.data() + t * blk;
-      for (int64_t i = 0; i < len; ++i) {
-        T h = (v[i] * lam + xt[i] * c) + b;
-        ht[i] = h;
-        v[i] = h >= vth ? (p.hard ? vr : h - vth) : h;
-      }
-    }
+    for (int64_t t = 0; t < steps; ++t)
+      recompute_h_lanes<T>(p, x + t * N + a0, hist.data() + t * blk, v.data(), 0, len);
     std::fill(g.begin(), g.begin() + len, T(0));
-    for (int64_t t = steps - 1; t >= 0; --t) {
-      const T* ht = hist.data() + t * blk;
-      for (int64_t i = 0; i < len; ++i) {
-        const int64_t n = a0 + i, off = t * N + n;
-        T h = ht[i];
-        bool s = h >= vth;
-        T sg = surrogate_grad<T>(p, h - vth);
-        T gs = g_spk ? g_spk[off] : T(0);
-        T gh = gs * sg + (gv_at(g_vlast, g_mem, t, steps, off, n) + g[i]) * dv_dh<T>(p, h, s, sg);
-        gx[off] = gh * c;
-        g[i] = gh * lam;
-      }
-    }
+    for (int64_t t = steps - 1; t >= 0; --t)
+      recompute_grad_lanes<T>(p, hist.data() + t * blk, g_spk, g_vlast, g_mem, gx, g.data(), t, steps, N, a0,
+                              0, len);
     if (gv0) std::copy(g.begin(), g.begin() + len, gv0 + a0);
   }
 }
@@ -276,12 +296,18 @@ SNN_AVX2 static inline __m256 surrogate_ps(const LifParams& p, const VecConsts& 
   return k.zero;
 }
 
-// The AVX2 kernels take L neurons (a multiple of 16) and walk time innermost over
-// them, the membrane and the carried gradient in registers (spilled to L1 for large
-// L). Each visit of a row reads L contiguous floats: small L keeps everything in
-// registers, large L gives the hardware prefetcher long runs when many timestep
-// rows are in flight at once. lanes_for(T) picks L from measurements (below).
-// The neurons past the last multiple of L go through the portable code.
+// The AVX2 kernels walk a block of up to kBlock neurons one timestep at a time, the
+// membrane (or the carried gradient) in an L1 buffer. Each visit of a timestep row
+// reads one contiguous 8 KiB run. Walking time innermost over a few registers of
+// neurons instead touches T rows that lie N floats apart: when N is a multiple of a
+// large power of two (the usual [T, B, C, H, W] shapes) all of those lines fall in the
+// same cache sets, and at T = 16 they no longer fit the ways of L1 and L2 (measured
+// 3-6x slower on lif-T16). Lanes past the last multiple of 16 (8 for the recompute)
+// of a block run the portable lane code on the same buffer.
+
+// 8 KiB runs per row visit: longer runs than one 4 KiB page let the prefetcher ramp up
+// once per run (1024 to 4096 measured within noise of each other; 512 slower).
+constexpr int64_t kAvxBlock = 2048;
 
 SNN_AVX2 static inline uint32_t load_bits16(const uint8_t* row, int64_t n) {
   uint16_t v;
@@ -293,45 +319,49 @@ SNN_AVX2 static inline void store_bits16(uint8_t* row, int64_t n, uint32_t bits)
   std::memcpy(row + (n >> 3), &v, 2);
 }
 
-template <int L>
-SNN_AVX2 void fwd_avx2(const LifParams& p, const float* x, const float* v0, float* spk,
-                       float* v_last, float* membrane, uint8_t* saved, int64_t steps, int64_t N,
-                       int64_t n0, int64_t n1) {
-  constexpr int Q = L / 8;
+SNN_AVX2 void fwd_avx2(const LifParams& p, const float* x, const float* v0, float* spk, float* v_last,
+                       float* membrane, uint8_t* saved, int64_t steps, int64_t N, int64_t n0, int64_t n1) {
   const int64_t words = ceil_div(N, 32);
   const VecConsts k = make_consts(p);
-  const int64_t end = n0 + (n1 - n0) / L * L;
-  for (int64_t n = n0; n < end; n += L) {
-    __m256 v[Q];
-    for (int q = 0; q < Q; ++q) v[q] = v0 ? _mm256_loadu_ps(v0 + n + 8 * q) : k.zero;
+  alignas(64) float v[kAvxBlock];
+  const int64_t blk = kAvxBlock;
+  for (int64_t a0 = n0; a0 < n1; a0 += blk) {
+    const int64_t len = std::min(blk, n1 - a0);
+    const int64_t vec = len / 16 * 16;
+    if (v0) std::memcpy(v, v0 + a0, len * sizeof(float));
+    else std::memset(v, 0, len * sizeof(float));
     for (int64_t t = 0; t < steps; ++t) {
-      const int64_t off = t * N + n;
+      const int64_t off = t * N + a0;
+      const float* xt = x + off;
+      float* st = spk + off;
+      float* mt = membrane ? membrane + off : nullptr;
       uint8_t* win_row = saved ? plane_row(saved, 0, t, steps, words) : nullptr;
       uint8_t* spk_row = (saved && p.hard) ? plane_row(saved, 1, t, steps, words) : nullptr;
-      for (int j = 0; j < Q / 2; ++j) {
+      for (int64_t i = 0; i < vec; i += 16) {
         uint32_t win = 0, fired = 0;
         for (int h2 = 0; h2 < 2; ++h2) {
-          const int q = 2 * j + h2;
-          const int64_t o = off + 8 * q;
+          const int64_t j = i + 8 * h2;
           __m256 h = _mm256_add_ps(
-              _mm256_add_ps(_mm256_mul_ps(v[q], k.lam), _mm256_mul_ps(_mm256_loadu_ps(x + o), k.c)), k.b);
+              _mm256_add_ps(_mm256_mul_ps(_mm256_load_ps(v + j), k.lam), _mm256_mul_ps(_mm256_loadu_ps(xt + j), k.c)),
+              k.b);
           __m256 m = _mm256_cmp_ps(h, k.vth, _CMP_GE_OQ);
-          _mm256_storeu_ps(spk + o, _mm256_and_ps(m, k.one));
-          v[q] = p.hard ? _mm256_blendv_ps(h, k.vr, m) : _mm256_sub_ps(h, _mm256_and_ps(m, k.vth));
-          if (membrane) _mm256_storeu_ps(membrane + o, v[q]);
+          _mm256_storeu_ps(st + j, _mm256_and_ps(m, k.one));
+          __m256 vn = p.hard ? _mm256_blendv_ps(h, k.vr, m) : _mm256_sub_ps(h, _mm256_and_ps(m, k.vth));
+          _mm256_store_ps(v + j, vn);
+          if (mt) _mm256_storeu_ps(mt + j, vn);
           if (saved) {
             __m256 w = _mm256_cmp_ps(abs_ps(_mm256_sub_ps(h, k.vth)), k.half, _CMP_LT_OQ);
             win |= (uint32_t)_mm256_movemask_ps(w) << (8 * h2);
             fired |= (uint32_t)_mm256_movemask_ps(m) << (8 * h2);
           }
         }
-        if (win_row) store_bits16(win_row, n + 16 * j, win);
-        if (spk_row) store_bits16(spk_row, n + 16 * j, fired);
+        if (win_row) store_bits16(win_row, a0 + i, win);
+        if (spk_row) store_bits16(spk_row, a0 + i, fired);
       }
+      if (vec < len) fwd_lanes<float>(p, xt, st, mt, v, vec, len, win_row, spk_row, a0);
     }
-    for (int q = 0; q < Q; ++q) _mm256_storeu_ps(v_last + n + 8 * q, v[q]);
+    std::memcpy(v_last + a0, v, len * sizeof(float));
   }
-  if (end < n1) fwd_generic<float>(p, x, v0, spk, v_last, membrane, saved, steps, N, end, n1);
 }
 
 // One step of the backward recurrence for 8 neurons; returns the new carried gradient.
@@ -347,66 +377,71 @@ SNN_AVX2 static inline __m256 bwd_step(const VecConsts& k, __m256 g, __m256 sg, 
   return _mm256_mul_ps(gh, k.lam);
 }
 
-template <int L>
-SNN_AVX2 void bwd_bits_avx2(const LifParams& p, const float* g_spk, const float* g_vlast,
-                            const float* g_mem, const uint8_t* saved, float* gx, float* gv0,
-                            int64_t steps, int64_t N, int64_t n0, int64_t n1) {
-  constexpr int Q = L / 8;
+SNN_AVX2 void bwd_bits_avx2(const LifParams& p, const float* g_spk, const float* g_vlast, const float* g_mem,
+                            const uint8_t* saved, float* gx, float* gv0, int64_t steps, int64_t N, int64_t n0,
+                            int64_t n1) {
   const int64_t words = ceil_div(N, 32);
   const VecConsts k = make_consts(p);
   uint8_t* sv = const_cast<uint8_t*>(saved);
-  const int64_t end = n0 + (n1 - n0) / L * L;
-  for (int64_t n = n0; n < end; n += L) {
-    __m256 g[Q];
-    for (int q = 0; q < Q; ++q) g[q] = k.zero;
+  alignas(64) float g[kAvxBlock];
+  const int64_t blk = kAvxBlock;
+  for (int64_t a0 = n0; a0 < n1; a0 += blk) {
+    const int64_t len = std::min(blk, n1 - a0);
+    const int64_t vec = len / 16 * 16;
+    std::memset(g, 0, len * sizeof(float));
     for (int64_t t = steps - 1; t >= 0; --t) {
-      const int64_t off = t * N + n;
+      const int64_t off = t * N + a0;
       const uint8_t* win_row = plane_row(sv, 0, t, steps, words);
       const uint8_t* spk_row = p.hard ? plane_row(sv, 1, t, steps, words) : nullptr;
-      for (int j = 0; j < Q / 2; ++j) {
-        const uint32_t win = load_bits16(win_row, n + 16 * j);
-        const uint32_t fired = spk_row ? load_bits16(spk_row, n + 16 * j) : 0u;
+      const bool last = t == steps - 1;
+      for (int64_t i = 0; i < vec; i += 16) {
+        const uint32_t win = load_bits16(win_row, a0 + i);
+        const uint32_t fired = spk_row ? load_bits16(spk_row, a0 + i) : 0u;
         for (int h2 = 0; h2 < 2; ++h2) {
-          const int q = 2 * j + h2;
+          const int64_t j = i + 8 * h2;
           __m256 sg = _mm256_and_ps(bits_to_mask((win >> (8 * h2)) & 0xff), k.inv_a);
           __m256 dvdh = _mm256_andnot_ps(bits_to_mask((fired >> (8 * h2)) & 0xff), k.one);
-          g[q] = bwd_step(k, g[q], sg, dvdh, g_spk, g_vlast, g_mem, gx, off + 8 * q, n + 8 * q, t == steps - 1);
+          _mm256_store_ps(g + j, bwd_step(k, _mm256_load_ps(g + j), sg, dvdh, g_spk, g_vlast, g_mem, gx,
+                                          off + j, a0 + j, last));
         }
       }
+      if (vec < len) bwd_bits_lanes<float>(p, g_spk, g_vlast, g_mem, win_row, spk_row, gx, g, t, steps, N, a0, vec, len);
     }
-    if (gv0) for (int q = 0; q < Q; ++q) _mm256_storeu_ps(gv0 + n + 8 * q, g[q]);
+    if (gv0) std::memcpy(gv0 + a0, g, len * sizeof(float));
   }
-  if (end < n1) bwd_bits_generic<float>(p, g_spk, g_vlast, g_mem, saved, gx, gv0, steps, N, end, n1);
 }
 
-template <int L>
-SNN_AVX2 void bwd_recompute_avx2(const LifParams& p, const float* x, const float* v0,
-                                 const float* g_spk, const float* g_vlast, const float* g_mem,
-                                 float* gx, float* gv0, int64_t steps, int64_t N, int64_t n0,
-                                 int64_t n1) {
-  constexpr int Q = L / 8;
+SNN_AVX2 void bwd_recompute_avx2(const LifParams& p, const float* x, const float* v0, const float* g_spk,
+                                 const float* g_vlast, const float* g_mem, float* gx, float* gv0, int64_t steps,
+                                 int64_t N, int64_t n0, int64_t n1) {
   const VecConsts k = make_consts(p);
-  std::vector<float> hist_buf(steps * L);
-  float* hist = hist_buf.data();
-  const int64_t end = n0 + (n1 - n0) / L * L;
-  for (int64_t n = n0; n < end; n += L) {
-    __m256 v[Q];
-    for (int q = 0; q < Q; ++q) v[q] = v0 ? _mm256_loadu_ps(v0 + n + 8 * q) : k.zero;
+  const int64_t blk = recompute_block(steps, sizeof(float));
+  std::vector<float> hist_buf(steps * blk), v_buf(blk), g_buf(blk);
+  float *hist = hist_buf.data(), *v = v_buf.data(), *g = g_buf.data();
+  for (int64_t a0 = n0; a0 < n1; a0 += blk) {
+    const int64_t len = std::min(blk, n1 - a0);
+    const int64_t vec = len / 8 * 8;
+    if (v0) std::memcpy(v, v0 + a0, len * sizeof(float));
+    else std::memset(v, 0, len * sizeof(float));
     for (int64_t t = 0; t < steps; ++t) {
-      for (int q = 0; q < Q; ++q) {
+      const float* xt = x + t * N + a0;
+      float* ht = hist + t * blk;
+      for (int64_t i = 0; i < vec; i += 8) {
         __m256 h = _mm256_add_ps(
-            _mm256_add_ps(_mm256_mul_ps(v[q], k.lam), _mm256_mul_ps(_mm256_loadu_ps(x + t * N + n + 8 * q), k.c)),
+            _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(v + i), k.lam), _mm256_mul_ps(_mm256_loadu_ps(xt + i), k.c)),
             k.b);
-        _mm256_storeu_ps(hist + t * L + 8 * q, h);
+        _mm256_storeu_ps(ht + i, h);
         __m256 m = _mm256_cmp_ps(h, k.vth, _CMP_GE_OQ);
-        v[q] = p.hard ? _mm256_blendv_ps(h, k.vr, m) : _mm256_sub_ps(h, _mm256_and_ps(m, k.vth));
+        _mm256_storeu_ps(v + i, p.hard ? _mm256_blendv_ps(h, k.vr, m) : _mm256_sub_ps(h, _mm256_and_ps(m, k.vth)));
       }
+      if (vec < len) recompute_h_lanes<float>(p, xt, ht, v, vec, len);
     }
-    __m256 g[Q];
-    for (int q = 0; q < Q; ++q) g[q] = k.zero;
+    std::memset(g, 0, len * sizeof(float));
     for (int64_t t = steps - 1; t >= 0; --t) {
-      for (int q = 0; q < Q; ++q) {
-        __m256 h = _mm256_loadu_ps(hist + t * L + 8 * q);
+      const float* ht = hist + t * blk;
+      const int64_t off = t * N + a0;
+      for (int64_t i = 0; i < vec; i += 8) {
+        __m256 h = _mm256_loadu_ps(ht + i);
         __m256 sg = surrogate_ps(p, k, _mm256_sub_ps(h, k.vth));
         __m256 dvdh;
         if (p.hard) {
@@ -415,32 +450,100 @@ SNN_AVX2 void bwd_recompute_avx2(const LifParams& p, const float* x, const float
         } else {
           dvdh = p.detach ? k.one : _mm256_sub_ps(k.one, _mm256_mul_ps(k.vth, sg));
         }
-        g[q] = bwd_step(k, g[q], sg, dvdh, g_spk, g_vlast, g_mem, gx, t * N + n + 8 * q, n + 8 * q, t == steps - 1);
+        _mm256_storeu_ps(g + i, bwd_step(k, _mm256_loadu_ps(g + i), sg, dvdh, g_spk, g_vlast, g_mem, gx, off + i,
+                                         a0 + i, t == steps - 1));
       }
+      if (vec < len) recompute_grad_lanes<float>(p, ht, g_spk, g_vlast, g_mem, gx, g, t, steps, N, a0, vec, len);
     }
-    if (gv0) for (int q = 0; q < Q; ++q) _mm256_storeu_ps(gv0 + n + 8 * q, g[q]);
+    if (gv0) std::memcpy(gv0 + a0, g, len * sizeof(float));
   }
-  if (end < n1) bwd_recompute_generic<float>(p, x, v0, g_spk, g_vlast, g_mem, gx, gv0, steps, N, end, n1);
 }
 
-// Lanes per visit by number of timesteps (SNNOPS_LIF_LANES overrides, for measuring).
-// Measured, forward+backward of the rectangular/detached neuron, 1 thread, time
-// relative to an allocating copy of the input (interleaved, noisy shared machine):
-//   lif-T4:  L16 2.61, L32 2.33, L64 2.69, L128 2.73, L256 2.88
-//   lif-T16: L16 3.15, L32 3.21, L64 2.86, L128 3.00, L256 3.39
-inline int lanes_for(int64_t steps) {
-  if (const char* env = std::getenv("SNNOPS_LIF_LANES")) return std::atoi(env);
-  return steps <= 6 ? 32 : 64;
+// ---------------------------------------------------------------- AVX-512 (float32)
+// The same blocked walks 16 neurons per vector, with the comparisons landing in mask
+// registers that are stored as the saved bits directly (no movemask / bit shuffles):
+// about half the instructions of the AVX2 loop, which is not bandwidth-bound at T = 4.
+struct Vec512 {
+  __m512 lam, c, b, vth, vr, half, one, inv_a;
+};
+
+SNN_AVX512 static inline Vec512 make_consts512(const LifParams& p) {
+  return {_mm512_set1_ps((float)p.decay), _mm512_set1_ps((float)p.input_scale), _mm512_set1_ps((float)p.bias),
+          _mm512_set1_ps((float)p.v_threshold), _mm512_set1_ps((float)p.v_reset),
+          _mm512_set1_ps((float)(p.alpha / 2)), _mm512_set1_ps(1.0f), _mm512_set1_ps(1.0f / (float)p.alpha)};
 }
 
-#define SNN_LIF_DISPATCH_LANES(lanes, fn, ...)                  \
-  switch (lanes) {                                              \
-    case 16: fn<16>(__VA_ARGS__); break;                        \
-    case 32: fn<32>(__VA_ARGS__); break;                        \
-    case 64: fn<64>(__VA_ARGS__); break;                        \
-    case 128: fn<128>(__VA_ARGS__); break;                      \
-    default: fn<256>(__VA_ARGS__); break;                       \
+SNN_AVX512 void fwd_avx512(const LifParams& p, const float* x, const float* v0, float* spk, float* v_last,
+                           float* membrane, uint8_t* saved, int64_t steps, int64_t N, int64_t n0, int64_t n1) {
+  const int64_t words = ceil_div(N, 32);
+  const Vec512 k = make_consts512(p);
+  alignas(64) float v[kAvxBlock];
+  for (int64_t a0 = n0; a0 < n1; a0 += kAvxBlock) {
+    const int64_t len = std::min(kAvxBlock, n1 - a0);
+    const int64_t vec = len / 16 * 16;
+    if (v0) std::memcpy(v, v0 + a0, len * sizeof(float));
+    else std::memset(v, 0, len * sizeof(float));
+    for (int64_t t = 0; t < steps; ++t) {
+      const int64_t off = t * N + a0;
+      const float* xt = x + off;
+      float* st = spk + off;
+      float* mt = membrane ? membrane + off : nullptr;
+      uint8_t* win_row = saved ? plane_row(saved, 0, t, steps, words) : nullptr;
+      uint8_t* spk_row = (saved && p.hard) ? plane_row(saved, 1, t, steps, words) : nullptr;
+      for (int64_t i = 0; i < vec; i += 16) {
+        __m512 h = _mm512_add_ps(
+            _mm512_add_ps(_mm512_mul_ps(_mm512_load_ps(v + i), k.lam), _mm512_mul_ps(_mm512_loadu_ps(xt + i), k.c)),
+            k.b);
+        __mmask16 m = _mm512_cmp_ps_mask(h, k.vth, _CMP_GE_OQ);
+        _mm512_storeu_ps(st + i, _mm512_maskz_mov_ps(m, k.one));
+        __m512 vn = p.hard ? _mm512_mask_mov_ps(h, m, k.vr) : _mm512_mask_sub_ps(h, m, h, k.vth);
+        _mm512_store_ps(v + i, vn);
+        if (mt) _mm512_storeu_ps(mt + i, vn);
+        if (win_row) {
+          __mmask16 w = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(h, k.vth)), k.half, _CMP_LT_OQ);
+          store_bits16(win_row, a0 + i, (uint32_t)w);
+          if (spk_row) store_bits16(spk_row, a0 + i, (uint32_t)m);
+        }
+      }
+      if (vec < len) fwd_lanes<float>(p, xt, st, mt, v, vec, len, win_row, spk_row, a0);
+    }
+    std::memcpy(v_last + a0, v, len * sizeof(float));
   }
+}
+
+SNN_AVX512 void bwd_bits_avx512(const LifParams& p, const float* g_spk, const float* g_vlast, const float* g_mem,
+                                const uint8_t* saved, float* gx, float* gv0, int64_t steps, int64_t N, int64_t n0,
+                                int64_t n1) {
+  const int64_t words = ceil_div(N, 32);
+  const Vec512 k = make_consts512(p);
+  uint8_t* sv = const_cast<uint8_t*>(saved);
+  alignas(64) float g[kAvxBlock];
+  for (int64_t a0 = n0; a0 < n1; a0 += kAvxBlock) {
+    const int64_t len = std::min(kAvxBlock, n1 - a0);
+    const int64_t vec = len / 16 * 16;
+    std::memset(g, 0, len * sizeof(float));
+    for (int64_t t = steps - 1; t >= 0; --t) {
+      const int64_t off = t * N + a0;
+      const uint8_t* win_row = plane_row(sv, 0, t, steps, words);
+      const uint8_t* spk_row = p.hard ? plane_row(sv, 1, t, steps, words) : nullptr;
+      const bool last = t == steps - 1;
+      for (int64_t i = 0; i < vec; i += 16) {
+        const __mmask16 win = (__mmask16)load_bits16(win_row, a0 + i);
+        const __mmask16 fired = spk_row ? (__mmask16)load_bits16(spk_row, a0 + i) : (__mmask16)0;
+        // The AVX2 kernel's arithmetic, in its order (bwd_step): the same rounding.
+        __m512 gv = _mm512_load_ps(g + i);
+        if (g_vlast && last) gv = _mm512_add_ps(gv, _mm512_loadu_ps(g_vlast + a0 + i));
+        if (g_mem) gv = _mm512_add_ps(gv, _mm512_loadu_ps(g_mem + off + i));
+        __m512 gh = _mm512_mul_ps(gv, _mm512_maskz_mov_ps((__mmask16)~fired, k.one));
+        if (g_spk) gh = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(g_spk + off + i), _mm512_maskz_mov_ps(win, k.inv_a)), gh);
+        _mm512_storeu_ps(gx + off + i, _mm512_mul_ps(gh, k.c));
+        _mm512_store_ps(g + i, _mm512_mul_ps(gh, k.lam));
+      }
+      if (vec < len) bwd_bits_lanes<float>(p, g_spk, g_vlast, g_mem, win_row, spk_row, gx, g, t, steps, N, a0, vec, len);
+    }
+    if (gv0) std::memcpy(gv0 + a0, g, len * sizeof(float));
+  }
+}
 #endif  // SNN_HAVE_AVX2
 
 // ---------------------------------------------------------------- packed spikes
@@ -561,14 +664,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_fwd_c
     float* vl = v_last.data_ptr<float>();
     float* mp = return_membrane ? membrane.data_ptr<float>() : nullptr;
     uint8_t* bp = bits ? reinterpret_cast<uint8_t*>(saved.data_ptr<int32_t>()) : nullptr;
-    const bool avx2 = use_avx2();
-    const int lanes = lanes_for(steps);
-    (void)lanes;
+    const bool avx2 = use_avx2(), avx512 = use_avx512();
     at::parallel_for(0, ceil_div(N, 64), group_grain(steps), [&](int64_t g0, int64_t g1) {
       const int64_t n0 = g0 * 64, n1 = std::min(N, g1 * 64);
 #if SNN_HAVE_AVX2
+      if (avx512) {
+        fwd_avx512(p, xp, vp, sp, vl, mp, bp, steps, N, n0, n1);
+        return;
+      }
       if (avx2) {
-        SNN_LIF_DISPATCH_LANES(lanes, fwd_avx2, p, xp, vp, sp, vl, mp, bp, steps, N, n0, n1);
+        fwd_avx2(p, xp, vp, sp, vl, mp, bp, steps, N, n0, n1);
         return;
       }
 #endif
@@ -652,17 +757,19 @@ std::tuple<at::Tensor, at::Tensor> lif_bwd_cpu(
     const uint8_t* bp = bits ? reinterpret_cast<const uint8_t*>(saved.data_ptr<int32_t>()) : nullptr;
     float* gxp = gx.data_ptr<float>();
     float* g0p = has_v0 ? gv0.data_ptr<float>() : nullptr;
-    const bool avx2 = use_avx2();
-    const int lanes = lanes_for(steps);
-    (void)lanes;
+    const bool avx2 = use_avx2(), avx512 = use_avx512();
     at::parallel_for(0, ceil_div(N, 64), group_grain(steps), [&](int64_t g0, int64_t g1) {
       const int64_t n0 = g0 * 64, n1 = std::min(N, g1 * 64);
 #if SNN_HAVE_AVX2
+      if (avx512 && bits) {
+        bwd_bits_avx512(p, gsp, gvp, gmp, bp, gxp, g0p, steps, N, n0, n1);
+        return;
+      }
       if (avx2) {
         if (bits) {
-          SNN_LIF_DISPATCH_LANES(lanes, bwd_bits_avx2, p, gsp, gvp, gmp, bp, gxp, g0p, steps, N, n0, n1);
+          bwd_bits_avx2(p, gsp, gvp, gmp, bp, gxp, g0p, steps, N, n0, n1);
         } else {
-          SNN_LIF_DISPATCH_LANES(lanes, bwd_recompute_avx2, p, xp, vp, gsp, gvp, gmp, gxp, g0p, steps, N, n0, n1);
+          bwd_recompute_avx2(p, xp, vp, gsp, gvp, gmp, gxp, g0p, steps, N, n0, n1);
         }
         return;
       }

@@ -14,9 +14,12 @@
 #define SNN_HAVE_AVX2 1
 #include <immintrin.h>
 #define SNN_AVX2 __attribute__((target("avx2,fma")))
+// AVX-512 (F, BW, DQ, VL) kernels, chosen at run time like the AVX2 ones.
+#define SNN_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")))
 #else
 #define SNN_HAVE_AVX2 0
 #define SNN_AVX2
+#define SNN_AVX512
 #endif
 
 namespace snnops {
@@ -24,6 +27,10 @@ namespace snnops {
 // True when the AVX2+FMA kernels may run. SNNOPS_CPU_ISA=generic forces the
 // portable kernels (the tests run both paths against the reference).
 bool use_avx2();
+
+// True when the AVX-512 kernels may run: the CPU has AVX-512 F/BW/DQ/VL and neither
+// SNNOPS_CPU_ISA=avx2 nor =generic is set (the tests run all three paths).
+bool use_avx512();
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
