@@ -128,6 +128,117 @@ def test_errors():
         bn_lif(torch.randn(2, 1, 4, 3, 3), w, b, rm, rv, True, width=0.0)
 
 
+# ---------------------------------------------------------------------------- Triton kernels
+# The CUDA implementation (kernels/bn_lif.py), run on CPU tensors by Triton's interpreter
+# (TRITON_INTERPRET=1, conftest.py). Tolerances: mean / var come from float32 Chan
+# partials merged in float64 (reference: double sums), a few float32 ulps apart; dy
+# is computed with the reference's float32 operations (bit-exact), its per-channel sums
+# are float32 partials over at most T * 32 rows merged in float64, so grad_weight /
+# grad_bias and dz (through k1 = sum/N, k2) differ from the double sums by float32
+# rounding of those partials.
+
+def _triton():
+    return pytest.importorskip("snnops.kernels.bn_lif", reason="triton is not installed")
+
+
+def _assert_triton_matches(k, z, w, b, rm, rv, training):
+    args = _fwd_args(z, w, b, rm, rv, training)
+    got, want = k.bn_lif_fwd(*args), reference.bn_lif_fwd(*args)
+    for g, r in zip(got, want):
+        assert g.dtype == r.dtype and g.shape == r.shape
+    assert torch.equal(got[0], want[0])
+    assert torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
+    for g, r in zip(got[3:], want[3:]):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+    if training:
+        # the spikes are exactly eval mode's with the returned statistics as running ones
+        # (the kernel rounds its mean / var to float32 before deriving scale and shift)
+        ev = reference.bn_lif_fwd(*_fwd_args(z, w, b, got[3], got[5], False))
+        assert torch.equal(got[0], ev[0]) and torch.equal(got[1], ev[1]) and torch.equal(got[2], ev[2])
+        torch.testing.assert_close(got[4], ev[4], rtol=0, atol=0)
+    gs = torch.randn(z.shape)
+    bargs = (gs, z, w, got[3], got[4], got[1], got[2], training, NEURON["decay"], NEURON["width"], [True] * 3)
+    for g, r in zip(k.bn_lif_bwd(*bargs), reference.bn_lif_bwd(*bargs)):
+        assert g.dtype == r.dtype and g.shape == r.shape
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+    return got
+
+
+@pytest.mark.parametrize("shape", [(4, 37, 64), (3, 19, 20), (2, 3, 33), (1, 5, 100)])
+@pytest.mark.parametrize("training", [True, False])
+def test_triton_matches_reference(shape, training):
+    """Odd sizes: partial row blocks, partial words (20, 33), two channel blocks (100)."""
+    k = _triton()
+    z = _z(*shape)
+    w, b, rm, rv = _bn_params(shape[2])
+    got = _assert_triton_matches(k, z, w, b, rm, rv, training)
+    assert 0.05 < float(got[0].mean()) < 0.95
+
+
+def test_triton_statistics_merge_across_programs_and_tiles(monkeypatch):
+    """Several statistics programs, several tiles each, a partial last one, and data far
+    from zero (mean 1000, std 1): the float32 E[z^2] - mean^2 formula loses the variance
+    entirely here; the Chan merge keeps it to float32 rounding."""
+    k = _triton()
+    monkeypatch.setattr(k, "STAT_ROWS", 16)
+    monkeypatch.setattr(k, "MAX_PARTIALS", 3)   # 154 rows -> 3 programs of 64, 64, 26 rows
+    z = _z(2, 77, 40) / 1.5 + 1000.0
+    w, b, rm, rv = _bn_params(40)
+    got = k.bn_lif_fwd(*_fwd_args(z, w, b, rm, rv, True))
+    want = reference.bn_lif_fwd(*_fwd_args(z, w, b, rm, rv, True))
+    torch.testing.assert_close(got[3], want[3], rtol=1e-7, atol=0)
+    torch.testing.assert_close(got[5], want[5], rtol=1e-6, atol=0)
+    zf = z.reshape(-1, 40)
+    naive = (zf * zf).mean(0) - zf.mean(0) ** 2
+    assert float(((naive - want[5]).abs() / want[5]).max()) > 1e-2   # the test would catch that formula
+    _assert_triton_matches(k, z, w, b, rm, rv, True)
+
+
+def test_triton_half_input_output_mask_and_layouts():
+    k = _triton()
+    w, b, rm, rv = _bn_params(24)
+    z = _z(3, 10, 24).half()
+    args = _fwd_args(z, w, b, rm, rv, True)
+    got, want = k.bn_lif_fwd(*args), reference.bn_lif_fwd(*args)
+    assert got[0].dtype == torch.float16 and got[3].dtype == torch.float32
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
+    gs = torch.randn(3, 10, 24).half()
+    bargs = (gs, z, w, got[3], got[4], got[1], got[2], True, 0.25, 1.0)
+    rz, rw, rb = reference.bn_lif_bwd(*bargs, [True, True, True])
+    gz, gw, gb = k.bn_lif_bwd(*bargs, [True, False, True])
+    assert gz.dtype == torch.float16 and gw.numel() == 0
+    torch.testing.assert_close(gz, rz, rtol=1e-3, atol=1e-3)   # float16 output rounding
+    torch.testing.assert_close(gb, rb, rtol=1e-5, atol=1e-5)
+    gz, gw, gb = k.bn_lif_bwd(*bargs, [False, True, False])
+    assert gz.numel() == 0 and gb.numel() == 0
+    torch.testing.assert_close(gw, rw, rtol=1e-5, atol=1e-5)
+    # a non-contiguous z (channels not innermost in memory) is read through a copy
+    zt = _z(3, 24, 10).transpose(1, 2)
+    _assert_triton_matches(k, zt, w, b, rm, rv, True)
+
+
+def test_triton_empty_float64_and_errors():
+    k = _triton()
+    w, b, rm, rv = _bn_params(8)
+    out = k.bn_lif_fwd(*_fwd_args(torch.zeros(2, 0, 8), w, b, rm, rv, False))
+    want = reference.bn_lif_fwd(*_fwd_args(torch.zeros(2, 0, 8), w, b, rm, rv, False))
+    assert [tuple(o.shape) for o in out] == [tuple(o.shape) for o in want]
+    torch.testing.assert_close(out[4], want[4], rtol=0, atol=0)
+    gz, gw, gb = k.bn_lif_bwd(torch.zeros(2, 0, 8), torch.zeros(2, 0, 8), w, out[3], out[4], out[1], out[2], False,
+                              0.25, 1.0, [True, True, True])
+    assert gz.shape == (2, 0, 8) and torch.equal(gw, torch.zeros(8)) and torch.equal(gb, torch.zeros(8))
+    z64 = _z(2, 5, 8, torch.float64)
+    w64, b64, rm64, rv64 = _bn_params(8, torch.float64)
+    got = k.bn_lif_fwd(*_fwd_args(z64, w64, b64, rm64, rv64, True))
+    assert got[0].dtype == torch.float64 and got[3].dtype == torch.float64
+    with pytest.raises(ValueError, match="at least one value per channel"):
+        k.bn_lif_fwd(*_fwd_args(torch.zeros(2, 0, 8), w, b, rm, rv, True))
+    with pytest.raises(ValueError, match="weight and bias need 9 entries"):
+        k.bn_lif_fwd(*_fwd_args(torch.zeros(2, 3, 9), w, b, rm, rv, True))
+    with pytest.raises(ValueError, match="eval mode needs running_mean"):
+        k.bn_lif_fwd(*_fwd_args(torch.zeros(2, 3, 8), w, b, None, None, False))
+
+
 def opcheck_samples():
     z = _z(3, 7, 40)
     w, b, rm, rv = _bn_params(40)

@@ -26,14 +26,25 @@ from ._registry import define
 
 __all__ = ["bn_lif"]
 
+
+def _triton_fwd(*args):
+    from ..kernels import bn_lif as k
+    return k.bn_lif_fwd(*args)
+
+
+def _triton_bwd(*args):
+    from ..kernels import bn_lif as k
+    return k.bn_lif_bwd(*args)
+
+
 define("bn_lif_fwd(Tensor z, Tensor weight, Tensor bias, Tensor? running_mean, Tensor? running_var, bool training,"
        " float eps, float decay, float v_threshold, float v_reset, float width)"
        " -> (Tensor spikes, Tensor packed, Tensor window, Tensor mean, Tensor invstd, Tensor var)",
-       cpu_reference=reference.bn_lif_fwd)
+       cpu_reference=reference.bn_lif_fwd, cuda_kernel=_triton_fwd)
 define("bn_lif_bwd(Tensor grad_spikes, Tensor z, Tensor weight, Tensor mean, Tensor invstd, Tensor packed,"
        " Tensor window, bool training, float decay, float width, bool[3] output_mask)"
        " -> (Tensor grad_z, Tensor grad_weight, Tensor grad_bias)",
-       cpu_reference=reference.bn_lif_bwd)
+       cpu_reference=reference.bn_lif_bwd, cuda_kernel=_triton_bwd)
 
 
 def _stat_dtype(z):
