@@ -51,9 +51,15 @@ define("spike_gemm_packed(Tensor packed, Tensor weight, Tensor? bias, Tensor? sp
 define("spike_gemm_bwd(Tensor grad_out, Tensor packed, Tensor weight, bool need_spikes, bool need_weight,"
        " bool need_bias) -> (Tensor grad_spikes, Tensor grad_weight, Tensor grad_bias)",
        cpu_reference=_ref_bwd, cuda_kernel=_triton("spike_gemm_bwd", _ref_bwd))
-# No Triton kernel for the low-bit op yet: CUDA runs the reference.
+
+
+def _triton_lowbit(*args):
+    from ..kernels import spike_gemm_lowbit as k
+    return k.spike_gemm_lowbit(*args)
+
+
 define("spike_gemm_lowbit(Tensor packed, Tensor planes, Tensor scale, Tensor? bias, int bits) -> Tensor",
-       cpu_reference=_ref_lowbit)
+       cpu_reference=_ref_lowbit, cuda_kernel=_triton_lowbit)
 
 
 # ---------------------------------------------------------------------------- fakes
