@@ -309,6 +309,21 @@ SNN_AVX2 static inline __m256 surrogate_ps(const LifParams& p, const VecConsts& 
 // once per run (1024 to 4096 measured within noise of each other; 512 slower).
 constexpr int64_t kAvxBlock = 2048;
 
+// Offset (in floats) of the row run a block visits next (the next timestep of this block, else the
+// first timestep of the next block, else -1): its lines are prefetched while this run is
+// processed, since the hardware prefetcher restarts on every jump between rows.
+inline int64_t next_visit(bool same_block, int64_t off_same, int64_t off_next_block, bool has_next_block) {
+  return same_block ? off_same : has_next_block ? off_next_block : -1;
+}
+// Measured on lif-T4/T16 (1 thread, interleaved against a copy): forward+backward 3.7-4.4x
+// a copy's time without, 2.5-2.9x with.
+
+// One cache line at each non-null address, into L1.
+SNN_AVX2 static inline void prefetch_lines(const float* a, const float* b) {
+  if (a) _mm_prefetch(reinterpret_cast<const char*>(a), _MM_HINT_T0);
+  if (b) _mm_prefetch(reinterpret_cast<const char*>(b), _MM_HINT_T0);
+}
+
 SNN_AVX2 static inline uint32_t load_bits16(const uint8_t* row, int64_t n) {
   uint16_t v;
   std::memcpy(&v, row + (n >> 3), 2);
@@ -337,7 +352,9 @@ SNN_AVX2 void fwd_avx2(const LifParams& p, const float* x, const float* v0, floa
       float* mt = membrane ? membrane + off : nullptr;
       uint8_t* win_row = saved ? plane_row(saved, 0, t, steps, words) : nullptr;
       uint8_t* spk_row = (saved && p.hard) ? plane_row(saved, 1, t, steps, words) : nullptr;
+      const int64_t nxt = next_visit(t + 1 < steps, (t + 1) * N + a0, a0 + blk, a0 + blk < n1);
       for (int64_t i = 0; i < vec; i += 16) {
+        if (nxt >= 0) prefetch_lines(x + nxt + i, spk + nxt + i);
         uint32_t win = 0, fired = 0;
         for (int h2 = 0; h2 < 2; ++h2) {
           const int64_t j = i + 8 * h2;
@@ -394,7 +411,9 @@ SNN_AVX2 void bwd_bits_avx2(const LifParams& p, const float* g_spk, const float*
       const uint8_t* win_row = plane_row(sv, 0, t, steps, words);
       const uint8_t* spk_row = p.hard ? plane_row(sv, 1, t, steps, words) : nullptr;
       const bool last = t == steps - 1;
+      const int64_t nxt = next_visit(t > 0, (t - 1) * N + a0, (steps - 1) * N + a0 + blk, a0 + blk < n1);
       for (int64_t i = 0; i < vec; i += 16) {
+        if (nxt >= 0) prefetch_lines(g_spk ? g_spk + nxt + i : nullptr, gx + nxt + i);
         const uint32_t win = load_bits16(win_row, a0 + i);
         const uint32_t fired = spk_row ? load_bits16(spk_row, a0 + i) : 0u;
         for (int h2 = 0; h2 < 2; ++h2) {
@@ -426,7 +445,9 @@ SNN_AVX2 void bwd_recompute_avx2(const LifParams& p, const float* x, const float
     for (int64_t t = 0; t < steps; ++t) {
       const float* xt = x + t * N + a0;
       float* ht = hist + t * blk;
+      const int64_t nxt = next_visit(t + 1 < steps, (t + 1) * N + a0, -1, false);
       for (int64_t i = 0; i < vec; i += 8) {
+        if (nxt >= 0 && i % 16 == 0) prefetch_lines(x + nxt + i, nullptr);
         __m256 h = _mm256_add_ps(
             _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(v + i), k.lam), _mm256_mul_ps(_mm256_loadu_ps(xt + i), k.c)),
             k.b);
@@ -440,7 +461,11 @@ SNN_AVX2 void bwd_recompute_avx2(const LifParams& p, const float* x, const float
     for (int64_t t = steps - 1; t >= 0; --t) {
       const float* ht = hist + t * blk;
       const int64_t off = t * N + a0;
+      const int64_t nxt = next_visit(t > 0, (t - 1) * N + a0, a0 + blk, a0 + blk < n1);
       for (int64_t i = 0; i < vec; i += 8) {
+        // The next block's first visit reads x (its recompute); a later step, g and gx.
+        if (nxt >= 0 && i % 16 == 0) prefetch_lines(t > 0 ? (g_spk ? g_spk + nxt + i : nullptr) : x + nxt + i,
+                                                     t > 0 ? gx + nxt + i : nullptr);
         __m256 h = _mm256_loadu_ps(ht + i);
         __m256 sg = surrogate_ps(p, k, _mm256_sub_ps(h, k.vth));
         __m256 dvdh;
@@ -490,7 +515,9 @@ SNN_AVX512 void fwd_avx512(const LifParams& p, const float* x, const float* v0, 
       float* mt = membrane ? membrane + off : nullptr;
       uint8_t* win_row = saved ? plane_row(saved, 0, t, steps, words) : nullptr;
       uint8_t* spk_row = (saved && p.hard) ? plane_row(saved, 1, t, steps, words) : nullptr;
+      const int64_t nxt = next_visit(t + 1 < steps, (t + 1) * N + a0, a0 + kAvxBlock, a0 + kAvxBlock < n1);
       for (int64_t i = 0; i < vec; i += 16) {
+        if (nxt >= 0) prefetch_lines(x + nxt + i, spk + nxt + i);
         __m512 h = _mm512_add_ps(
             _mm512_add_ps(_mm512_mul_ps(_mm512_load_ps(v + i), k.lam), _mm512_mul_ps(_mm512_loadu_ps(xt + i), k.c)),
             k.b);
@@ -527,7 +554,10 @@ SNN_AVX512 void bwd_bits_avx512(const LifParams& p, const float* g_spk, const fl
       const uint8_t* win_row = plane_row(sv, 0, t, steps, words);
       const uint8_t* spk_row = p.hard ? plane_row(sv, 1, t, steps, words) : nullptr;
       const bool last = t == steps - 1;
+      const int64_t nxt =
+          next_visit(t > 0, (t - 1) * N + a0, (steps - 1) * N + a0 + kAvxBlock, a0 + kAvxBlock < n1);
       for (int64_t i = 0; i < vec; i += 16) {
+        if (nxt >= 0) prefetch_lines(g_spk ? g_spk + nxt + i : nullptr, gx + nxt + i);
         const __mmask16 win = (__mmask16)load_bits16(win_row, a0 + i);
         const __mmask16 fired = spk_row ? (__mmask16)load_bits16(spk_row, a0 + i) : (__mmask16)0;
         // The AVX2 kernel's arithmetic, in its order (bwd_step): the same rounding.
