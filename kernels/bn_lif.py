@@ -27,10 +27,9 @@ Backward, three launches:
   3. (training, grad_z wanted) dz = ((dy - k1) - xhat * k2) * gamma * invstd in place.
 
 Math is float32; float16/bfloat16 z is read as is and converted in registers; float64 z
-runs the reference (as the spike-GEMM op does). Under the interpreter the kernels round
-like the reference, so spikes and bits are bit-exact; on a GPU the compiler may contract
-``v * decay + y`` into an FMA, and a spike can then differ when h is within one rounding
-of the threshold (as for the LIF kernels).
+runs the reference (as the spike-GEMM op does). The kernels are compiled without FMA
+contraction and divide with ``div_rn``, so each operation rounds as in the reference
+and the spikes and bits are bit-exact, under the interpreter and on a GPU alike.
 """
 from __future__ import annotations
 
@@ -43,6 +42,10 @@ from snnops import reference as _reference
 STAT_ROWS = 64        # rows per statistics tile
 MAX_PARTIALS = 256    # statistics programs per channel block (each then loops over its slice)
 TILE = 2048           # elements per normalize / backward tile: BLOCK_R * BLOCK_C
+# No FMA contraction (Triton contracts a * b + c by default): every operation rounds as
+# in the reference, so the spikes and bits are bit-exact on a GPU too (checked in the
+# PTX by tests/test_bn_lif.py: mul + add, div.rn, sqrt.rn, no fma).
+_LAUNCH = dict(enable_fp_fusion=False)
 
 
 def _block_c(c: int) -> int:
@@ -160,7 +163,7 @@ def _fwd_kernel(z_ptr, scale_ptr, shift_ptr, spk_ptr, packed_ptr, window_ptr, T,
     sh = tl.load(shift_ptr + cols, mask=cmask, other=0.0)[None, :]
     v = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
     for t in range(T):
-        r = t * M + rows
+        r = tl.cast(t, tl.int64) * M + rows
         off = r[:, None] * C + cols[None, :]
         y = tl.load(z_ptr + off, mask=m, other=0.0).to(tl.float32) * sc + sh
         h = (v * decay + y) + bias
@@ -196,7 +199,7 @@ def _bwd_dy_kernel(gs_ptr, z_ptr, mean_ptr, invstd_ptr, a_ptr, packed_ptr, windo
     s2 = tl.zeros([BLOCK_C], dtype=tl.float32)
     for i in range(T):
         t = T - 1 - i
-        r = t * M + rows
+        r = tl.cast(t, tl.int64) * M + rows
         off = r[:, None] * C + cols[None, :]
         woff = r[:, None] * W + wcols[None, :]
         in_window = _unpack_rows(tl.load(window_ptr + woff, mask=wm, other=0), BLOCK_R, BLOCK_C)
@@ -229,9 +232,8 @@ def _bwd_final_kernel(ps1_ptr, ps2_ptr, s1_ptr, s2_ptr, k1_ptr, k2_ptr, P, C, NR
         s2 += tl.load(ps2_ptr + p * C + cols, mask=cmask, other=0.0).to(tl.float64)
     tl.store(s1_ptr + cols, s1, mask=cmask)
     tl.store(s2_ptr + cols, s2, mask=cmask)
-    n = tl.maximum(NR, 1).to(tl.float64)
-    tl.store(k1_ptr + cols, (s1 / n).to(tl.float32), mask=cmask)
-    tl.store(k2_ptr + cols, (s2 / n).to(tl.float32), mask=cmask)
+    tl.store(k1_ptr + cols, (s1 / NR).to(tl.float32), mask=cmask)   # launched only with NR > 0
+    tl.store(k2_ptr + cols, (s2 / NR).to(tl.float32), mask=cmask)
 
 
 @triton.jit
@@ -312,19 +314,21 @@ def bn_lif_fwd(z, weight, bias, running_mean, running_var, training, eps, decay,
         pmean = torch.empty((parts, c), dtype=torch.float32, device=dev)
         pm2 = torch.empty((parts, c), dtype=torch.float32, device=dev)
         _stats_partial_kernel[(parts, cblocks)](zc, pmean, pm2, nr, c, rows_per_prog,
-                                                BLOCK_R=STAT_ROWS, BLOCK_C=block_c)
+                                                BLOCK_R=STAT_ROWS, BLOCK_C=block_c, **_LAUNCH)
         rm = rv = pmean  # unused
     else:
         parts, rows_per_prog = 0, 1
         pmean = pm2 = eps_t  # unused
         rm, rv = running_mean.reshape(-1).contiguous(), running_var.reshape(-1).contiguous()
     _stats_final_kernel[(cblocks,)](zc, pmean, pm2, w, b, rm, rv, eps_t, mean, invstd, var, scale, shift,
-                                    parts, nr, c, rows_per_prog, TRAINING=bool(training), BLOCK_C=block_c)
+                                    parts, nr, c, rows_per_prog, TRAINING=bool(training), BLOCK_C=block_c,
+                                    **_LAUNCH)
     if nr:
         block_r = TILE // block_c
         _fwd_kernel[(triton.cdiv(rows, block_r), cblocks)](
             zc, scale, shift, spikes, packed, window, steps, rows, c, words, float(decay), float(v_threshold),
-            float(v_reset), float((1.0 - decay) * v_reset), float(width / 2), BLOCK_R=block_r, BLOCK_C=block_c)
+            float(v_reset), float((1.0 - decay) * v_reset), float(width / 2), BLOCK_R=block_r, BLOCK_C=block_c,
+            **_LAUNCH)
     return spikes, packed, window, mean, invstd, var
 
 
@@ -361,13 +365,13 @@ def bn_lif_bwd(grad_spikes, z, weight, mean, invstd, packed, window, training, d
         _bwd_dy_kernel[(parts, cblocks)](
             gs, zc, mu, ist, a, packed.contiguous(), window.contiguous(), dz if want_dz else ps1, ps1, ps2,
             steps, rows, c, words, float(decay), float(width), STORE=want_dz, SCALE=not training,
-            BLOCK_R=block_r, BLOCK_C=block_c)
+            BLOCK_R=block_r, BLOCK_C=block_c, **_LAUNCH)
         k1 = torch.empty(c, dtype=torch.float32, device=dev)
         k2 = torch.empty(c, dtype=torch.float32, device=dev)
-        _bwd_final_kernel[(cblocks,)](ps1, ps2, s1, s2, k1, k2, parts, c, nr, BLOCK_C=block_c)
+        _bwd_final_kernel[(cblocks,)](ps1, ps2, s1, s2, k1, k2, parts, c, nr, BLOCK_C=block_c, **_LAUNCH)
         if want_dz and training:
             _bwd_dz_kernel[(triton.cdiv(nr, block_r), cblocks)](zc, mu, ist, a, k1, k2, dz, nr, c,
-                                                                 BLOCK_R=block_r, BLOCK_C=block_c)
+                                                                 BLOCK_R=block_r, BLOCK_C=block_c, **_LAUNCH)
     out_dtype = z.dtype if z.dtype in _NATIVE else torch.float32
     return (dz.to(out_dtype) if want_dz else z.new_empty(0),
             s2.to(weight.dtype) if output_mask[1] else weight.new_empty(0),

@@ -1,8 +1,8 @@
 """Triton kernel of ``torch.ops.snnops.spike_gemm_lowbit`` on CUDA tensors: 0/1 spikes
 (packed words) times a symmetric ``bits``-bit weight held as bit-planes, exactly.
 
-    y[m, n] = acc[m, n] * scale[n] (+ bias[n]),  in float64, rounded once
     acc     = sum_k s[m, k] * level[n, k],  level = keep ? 2 * code - (2^bits - 1) : 0
+    y[m, n] = acc[m, n] * scale[n] (+ bias[n]) in float64, then rounded to the output dtype
 
 (layouts: ``snnops.ops.spike_gemm.QuantizedWeight``; planes int32 ``[N, bits + 1, words]``,
 plane j < bits = bit j of the codes, plane ``bits`` = the keep-mask).
@@ -10,13 +10,18 @@ plane j < bits = bit j of the codes, plane ``bits`` = the keep-mask).
 Why unpack + ``tl.dot`` rather than the CPU's bit-serial AND / popcount / shift-add:
 both are exact here (the spikes are 0/1 and the levels odd integers within +-15, all
 exact in fp16; products and partial sums are integers, exact in the fp32 accumulator
-below 2^24), but on a GPU the tensor cores do a [BM, 64] x [64, BN] fp16 step in a few
-instructions, while the bit-serial form needs (bits + 1) ANDs, popcounts and shift-adds
-on the integer ALUs per word and output, several times the work at far lower
-throughput. The unpacking costs one shift-and-mask per bit of a weight tile, amortized
-over the BM spike rows of the program. The fp32 accumulator is flushed into an int64
-one every FLUSH words, so the sum stays exact for any K. The epilogue is float64 (once
-per output), so the result equals the float64 reference (and the CPU kernel) exactly.
+below 2^24). By operation count the dot wins on a GPU: per 32 features and output the
+bit-serial form issues (bits + 1) x (AND, popcount, shift-add) on the integer ALUs,
+whose throughput is a fraction of the tensor cores' fp16 multiply-adds, while the
+unpacking here (a shift-and-mask per weight bit) is shared by the BLOCK_M spike rows of
+a program and the spike unpacking by its BLOCK_N outputs. (An operation-count argument,
+not a GPU measurement; both forms are exact, so swapping is a speed-only change.)
+
+The fp32 accumulator is flushed into an int64 one every FLUSH words, so the sum stays
+exact for any K. The epilogue is float64 (once per output) and compiled without FMA
+contraction (``acc * scale`` and ``+ bias`` round separately, as in the reference;
+Triton would otherwise fuse them), so the result equals the float64 reference (and the
+CPU kernel) exactly.
 """
 from __future__ import annotations
 
@@ -24,9 +29,10 @@ import torch
 import triton
 import triton.language as tl
 
-BLOCK_M = 32   # spike rows per program
+BLOCK_M = 64   # spike rows per program: each weight tile is unpacked once per 64 rows
 BLOCK_N = 32   # output channels per program
 KW = 2         # packed words per dot step: K chunk of 64
+_LAUNCH = dict(enable_fp_fusion=False)   # see the module docstring: the epilogue must not fuse
 
 
 def _flush_words(bits: int) -> int:
@@ -104,5 +110,5 @@ def spike_gemm_lowbit(packed, planes, scale, bias, bits):
     grid = (triton.cdiv(r, BLOCK_M), triton.cdiv(n, BLOCK_N))
     _lowbit_kernel[grid](p, planes.contiguous(), sc, bias.contiguous() if bias is not None else sc, out, r, n, nw,
                          _flush_words(bits), BITS=int(bits), PER_CHANNEL=sc.numel() != 1, HAS_BIAS=bias is not None,
-                         BM=BLOCK_M, BN=BLOCK_N, KW=KW)
+                         BM=BLOCK_M, BN=BLOCK_N, KW=KW, **_LAUNCH)
     return out

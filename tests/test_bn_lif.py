@@ -239,6 +239,58 @@ def test_triton_empty_float64_and_errors():
         k.bn_lif_fwd(*_fwd_args(torch.zeros(2, 3, 8), w, b, None, None, False))
 
 
+_PTX_SCRIPT = r"""
+import json, re
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from snnops.kernels import bn_lif as k
+
+F, I = "*fp32", "*i32"
+def ptx(fn, sig, consts):
+    sig = {**sig, **{name: "constexpr" for name in consts}}
+    src = ASTSource(fn, sig, consts)
+    return triton.compile(src, target=GPUTarget("cuda", 80, 32), options=k._LAUNCH).asm["ptx"]
+fwd = ptx(k._fwd_kernel, dict(z_ptr=F, scale_ptr=F, shift_ptr=F, spk_ptr=F, packed_ptr=I, window_ptr=I, T="i32",
+          M="i32", C="i32", W="i32", decay="fp32", vth="fp32", vreset="fp32", bias="fp32", half_width="fp32"),
+          dict(BLOCK_R=32, BLOCK_C=64))
+bwd = ptx(k._bwd_dy_kernel, dict(gs_ptr=F, z_ptr=F, mean_ptr=F, invstd_ptr=F, a_ptr=F, packed_ptr=I, window_ptr=I,
+          dz_ptr=F, ps1_ptr=F, ps2_ptr=F, T="i32", M="i32", C="i32", W="i32", decay="fp32", width="fp32"),
+          dict(STORE=True, SCALE=True, BLOCK_R=32, BLOCK_C=64))
+fin = ptx(k._stats_final_kernel, dict(z_ptr=F, pmean_ptr=F, pm2_ptr=F, w_ptr=F, b_ptr=F, rm_ptr=F, rv_ptr=F,
+          eps_ptr="*fp64", mean_ptr=F, invstd_ptr=F, var_ptr=F, scale_ptr=F, shift_ptr=F, P="i32", NR="i32", C="i32",
+          ROWS_PER_PROG="i32"), dict(TRAINING=True, BLOCK_C=64))
+count = lambda pat, text: len(re.findall(pat, text))
+print(json.dumps(dict(fma=count(r"\bfma\.", fwd + bwd + fin), mul=count(r"\bmul\.(?:rn\.)?f32", fwd),
+                      div=sorted(set(re.findall(r"\bdiv\.[a-z0-9.]+", bwd + fin))),
+                      sqrt=sorted(set(re.findall(r"\bsqrt\.[a-z0-9.]+", fin))))))
+"""
+
+
+def test_triton_gpu_code_rounds_like_the_reference():
+    """Compiled for sm_80 (no GPU needed): no FMA contraction anywhere (Triton contracts
+    ``v * decay + y`` by default, which could flip a spike at the threshold), IEEE
+    division and square root, so the GPU arithmetic is the interpreter's."""
+    _triton()
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    import triton.backends
+    if "nvidia" not in triton.backends.backends:
+        pytest.skip("this triton build has no NVIDIA backend to compile with")
+    env = {key: val for key, val in os.environ.items() if key != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", _PTX_SCRIPT], env=env, capture_output=True, text=True,
+                         cwd=pathlib.Path(__file__).resolve().parents[1], timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got["fma"] == 0 and got["mul"] > 0
+    assert got["div"] and all(d.startswith("div.rn.") for d in got["div"])
+    assert got["sqrt"] == ["sqrt.rn.f64"]
+
+
 def opcheck_samples():
     z = _z(3, 7, 40)
     w, b, rm, rv = _bn_params(40)

@@ -85,3 +85,41 @@ def test_triton_lowbit_layouts_empty_float64_and_errors():
         k.spike_gemm_lowbit(packed, q.planes, torch.ones(3), None, 2)
     with pytest.raises(ValueError, match=r"bias must have shape \[12\]"):
         k.spike_gemm_lowbit(packed, q.planes, q.scale, torch.ones(5), 2)
+
+
+_PTX_SCRIPT = r"""
+import json, re
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from snnops.kernels import spike_gemm_lowbit as k
+
+sig = dict(p_ptr="*i32", pl_ptr="*i32", sc_ptr="*fp32", b_ptr="*fp32", y_ptr="*fp32", R="i32", N="i32", NW="i32",
+           FLUSH="i32")
+consts = dict(BITS=4, PER_CHANNEL=True, HAS_BIAS=True, BM=k.BLOCK_M, BN=k.BLOCK_N, KW=k.KW)
+src = ASTSource(k._lowbit_kernel, {**sig, **{name: "constexpr" for name in consts}}, consts)
+ptx = triton.compile(src, target=GPUTarget("cuda", 80, 32), options=k._LAUNCH).asm["ptx"]
+print(json.dumps(dict(fma=len(re.findall(r"\bfma\.", ptx)), mma=len(re.findall(r"\bmma\.sync\.[a-z0-9.]*f16", ptx)),
+                      mul64=len(re.findall(r"\bmul\.rn\.f64", ptx)), add64=len(re.findall(r"\badd\.rn\.f64", ptx)))))
+"""
+
+
+def test_triton_lowbit_gpu_code_is_exact():
+    """Compiled for sm_80 (no GPU needed): the dot runs on fp16 tensor cores (mma), and
+    the float64 epilogue is a separate multiply and add (no FMA, which would round
+    ``acc * scale + bias`` once instead of twice as the reference does)."""
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    import triton.backends
+    if "nvidia" not in triton.backends.backends:
+        pytest.skip("this triton build has no NVIDIA backend to compile with")
+    env = {key: val for key, val in os.environ.items() if key != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", _PTX_SCRIPT], env=env, capture_output=True, text=True,
+                         cwd=pathlib.Path(__file__).resolve().parents[1], timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got["fma"] == 0 and got["mma"] > 0 and got["mul64"] > 0 and got["add64"] > 0
