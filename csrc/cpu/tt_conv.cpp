@@ -363,7 +363,7 @@ struct FwdScratch {
 // The rank-r result of the middle of the block for the band (PTT, STT, or the input
 // itself at a half step), as row pointers in `rows` (one per pixel, row-major).
 template <typename T>
-void middle_forward(bool avx2, const Problem& pb, const Packed<T>& P, const Band& b, bool full, FwdScratch<T>& s,
+void middle_forward(int isa, const Problem& pb, const Packed<T>& P, const Band& b, bool full, FwdScratch<T>& s,
                     std::vector<T*>& rows, T* dest_or_null) {
   const int64_t M = padded_rows(s.arow, s.opad.data(), pb.r1, b, b.h0, b.h1);
   if (pb.parallel && !full) {  // HTT half step: the middle is skipped
@@ -378,15 +378,15 @@ void middle_forward(bool avx2, const Problem& pb, const Packed<T>& P, const Band
   }
   if (pb.parallel) {
     const Taps tp = ptt_taps(b, pb.r1, 1);
-    gemm_rows<T>(avx2, M, pb.r1, pb.r1, s.arow.data(), 1, tp.off, tp.n, P.ptt_f.data(), pb.r1, rows.data(), false);
+    gemm_rows<T>(isa, M, pb.r1, pb.r1, s.arow.data(), 1, tp.off, tp.n, P.ptt_f.data(), pb.r1, rows.data(), false);
   } else {
     s.mid.assign(b.buffer_pixels() * pb.r2, T(0));
     std::vector<T*>& mrow = s.crow;
     padded_rows(mrow, s.mid.data(), pb.r2, b, b.h0, b.h1);
     const Taps tv = vertical_taps(b, pb.r1, 1);
-    gemm_rows<T>(avx2, M, pb.r2, pb.r1, s.arow.data(), 1, tv.off, tv.n, P.g2_f.data(), pb.r2, mrow.data(), false);
+    gemm_rows<T>(isa, M, pb.r2, pb.r1, s.arow.data(), 1, tv.off, tv.n, P.g2_f.data(), pb.r2, mrow.data(), false);
     const Taps th = horizontal_taps(pb.r2, 1);
-    gemm_rows<T>(avx2, M, pb.r3, pb.r2, mrow.data(), 1, th.off, th.n, P.g3_f.data(), pb.r3, rows.data(), false);
+    gemm_rows<T>(isa, M, pb.r3, pb.r2, mrow.data(), 1, th.off, th.n, P.g3_f.data(), pb.r3, rows.data(), false);
   }
 }
 
@@ -417,7 +417,7 @@ void pool_band(const Problem& pb, const Band& b, const T* ytile, T* out, uint8_t
 
 template <typename T>
 void block_forward(const Problem& pb, const Packed<T>& P, const View4<const T>& o, T* out, uint8_t* idx) {
-  const bool avx2 = use_avx2();
+  const int isa = tt::isa_level();
   at::parallel_for(0, pb.N * pb.bands, 1, [&](int64_t u0, int64_t u1) {
     FwdScratch<T> s;
     std::vector<T*> rows, yrow;
@@ -430,17 +430,17 @@ void block_forward(const Problem& pb, const Packed<T>& P, const View4<const T>& 
       const int64_t out_ch = pb.has_g4 ? pb.cout : pb.r3;
       T* dest = out + (n * pb.H + b.h0) * pb.W * out_ch;
       if (!pb.has_g4) {  // ptt_conv: the middle is the output
-        middle_forward<T>(avx2, pb, P, b, true, s, rows, dest);
+        middle_forward<T>(isa, pb, P, b, true, s, rows, dest);
         continue;
       }
-      middle_forward<T>(avx2, pb, P, b, pb.full[n] != 0, s, rows, nullptr);
+      middle_forward<T>(isa, pb, P, b, pb.full[n] != 0, s, rows, nullptr);
       T* ybase = dest;
       if (pb.pool) {
         s.ytile.resize(M * pb.cout);
         ybase = s.ytile.data();
       }
       compact_rows(yrow, ybase, pb.cout, M);
-      gemm_rows<T>(avx2, M, pb.cout, pb.r3, rows.data(), 1, kZeroTap, 1, P.g4_f.data(), pb.cout, yrow.data(), false);
+      gemm_rows<T>(isa, M, pb.cout, pb.r3, rows.data(), 1, kZeroTap, 1, P.g4_f.data(), pb.cout, yrow.data(), false);
       if (pb.pool) pool_band<T>(pb, b, s.ytile.data(), out, idx, n);
     }
   });
@@ -556,7 +556,7 @@ AccLayout acc_layout(const Problem& pb) {
 // Weight gradient of taps: C[(t, i)][j] += sum over the band's pixels (pad columns
 // included: `grad` is zero there) of act[pixel + shift_t][i] * grad[pixel][j].
 template <typename T>
-void tap_weight_grad(bool avx2, const Band& b, const T* act, int64_t ci, const Taps& tp, const T* grad, int64_t co,
+void tap_weight_grad(int isa, const Band& b, const T* act, int64_t ci, const Taps& tp, const T* grad, int64_t co,
                      T* acc, std::vector<T*>& arow, std::vector<T*>& crow) {
   const int64_t q0 = b.first_row_pixel();
   const int64_t K = b.rows() * b.wp();
@@ -567,13 +567,13 @@ void tap_weight_grad(bool avx2, const Band& b, const T* act, int64_t ci, const T
       arow[t * ci + i] = const_cast<T*>(act) + q0 * ci + tp.off[t] + i;
       crow[t * ci + i] = acc + (t * ci + i) * co;
     }
-  gemm_rows<T>(avx2, tp.n * ci, co, K, arow.data(), ci, kZeroTap, 1, grad + q0 * co, co, crow.data(), true);
+  gemm_rows<T>(isa, tp.n * ci, co, K, arow.data(), ci, kZeroTap, 1, grad + q0 * co, co, crow.data(), true);
 }
 
 template <typename T>
 void block_backward(const Problem& pb, const Packed<T>& P, const View4<const T>& gy_in, const uint8_t* idx,
                     const View4<const T>& o, const Grads<T>& need, T* go_out, T* gx_out, std::vector<T>& acc_all) {
-  const bool avx2 = use_avx2();
+  const int isa = tt::isa_level();
   const AccLayout L = acc_layout(pb);
   const int64_t slots = std::max<int64_t>(1, at::get_num_threads());
   acc_all.assign(slots * L.total, T(0));
@@ -636,7 +636,7 @@ void block_backward(const Problem& pb, const Packed<T>& P, const View4<const T>&
       std::memset(s.gp.data(), 0, sizeof(T) * s.gp.size());
       padded_rows(s.gprow, s.gp.data(), pb.r3, b, lo, hi);
       if (pb.has_g4) {
-        gemm_rows<T>(avx2, Mh, pb.r3, pb.cout, s.gyrow.data(), 1, kZeroTap, 1, P.g4_b.data(), pb.r3,
+        gemm_rows<T>(isa, Mh, pb.r3, pb.cout, s.gyrow.data(), 1, kZeroTap, 1, P.g4_b.data(), pb.r3,
                      s.gprow.data(), false);
       } else {
         for (int64_t i = 0; i < Mh; ++i) std::memcpy(s.gprow[i], s.gyrow[i], sizeof(T) * pb.r3);
@@ -645,7 +645,7 @@ void block_backward(const Problem& pb, const Packed<T>& P, const View4<const T>&
       // dG4^T[c][o] += sum over band pixels of mid[pixel][c] * gy[pixel][o], the middle
       // recomputed (5r^2 MACs a pixel for PTT; o itself at a half step).
       if (pb.has_g4 && need.w4) {
-        middle_forward<T>(avx2, pb, P, b, full, s.f, mrows, nullptr);
+        middle_forward<T>(isa, pb, P, b, full, s.f, mrows, nullptr);
         if (pb.parallel && !full) {  // make the half step's middle (o) compact
           s.f.p.resize(M * pb.r3);
           for (int64_t i = 0; i < M; ++i) std::memcpy(s.f.p.data() + i * pb.r3, mrows[i], sizeof(T) * pb.r3);
@@ -657,7 +657,7 @@ void block_backward(const Problem& pb, const Packed<T>& P, const View4<const T>&
           s.tmp[c] = const_cast<T*>(mid) + c;
           crow[c] = acc + L.taps_a + L.taps_b + c * pb.cout;
         }
-        gemm_rows<T>(avx2, pb.r3, pb.cout, M, s.tmp.data(), pb.r3, kZeroTap, 1, gy_band, pb.cout, crow.data(), true);
+        gemm_rows<T>(isa, pb.r3, pb.cout, M, s.tmp.data(), pb.r3, kZeroTap, 1, gy_band, pb.cout, crow.data(), true);
       }
 
       // Band rows of the gradient of o: the channels-last output tensor, or (tt_conv)
@@ -676,11 +676,11 @@ void block_backward(const Problem& pb, const Packed<T>& P, const View4<const T>&
           for (int64_t i = 0; i < M; ++i) std::memcpy(gorow[i], gp_band[i], sizeof(T) * pb.r1);
       } else if (pb.parallel) {
         if (need_taps)
-          tap_weight_grad<T>(avx2, b, s.f.opad.data(), pb.r1, ptt_taps(b, pb.r1, 1), s.gp.data(), pb.r1, acc, s.tmp,
+          tap_weight_grad<T>(isa, b, s.f.opad.data(), pb.r1, ptt_taps(b, pb.r1, 1), s.gp.data(), pb.r1, acc, s.tmp,
                              s.g2row);
         if (need_go) {
           const Taps tb = ptt_taps(b, pb.r1, -1);
-          gemm_rows<T>(avx2, M, pb.r1, pb.r1, gp_band.data(), 1, tb.off, tb.n, P.ptt_b.data(), pb.r1, gorow.data(),
+          gemm_rows<T>(isa, M, pb.r1, pb.r1, gp_band.data(), 1, tb.off, tb.n, P.ptt_b.data(), pb.r1, gorow.data(),
                        false);
         }
       } else {
@@ -690,24 +690,24 @@ void block_backward(const Problem& pb, const Packed<T>& P, const View4<const T>&
           padded_rows(s.f.crow, s.f.mid.data(), pb.r2, b, b.h0, b.h1);
           padded_rows(s.f.arow, s.f.opad.data(), pb.r1, b, b.h0, b.h1);
           const Taps tv = vertical_taps(b, pb.r1, 1);
-          gemm_rows<T>(avx2, M, pb.r2, pb.r1, s.f.arow.data(), 1, tv.off, tv.n, P.g2_f.data(), pb.r2,
+          gemm_rows<T>(isa, M, pb.r2, pb.r1, s.f.arow.data(), 1, tv.off, tv.n, P.g2_f.data(), pb.r2,
                        s.f.crow.data(), false);
-          tap_weight_grad<T>(avx2, b, s.f.mid.data(), pb.r2, horizontal_taps(pb.r2, 1), s.gp.data(), pb.r3,
+          tap_weight_grad<T>(isa, b, s.f.mid.data(), pb.r2, horizontal_taps(pb.r2, 1), s.gp.data(), pb.r3,
                              acc + L.taps_a, s.tmp, s.g2row);
         }
         if (need_go || need.w2) {
           s.g2.assign(b.buffer_pixels() * pb.r2, T(0));
           padded_rows(s.g2row, s.g2.data(), pb.r2, b, lo, hi);
           const Taps th = horizontal_taps(pb.r3, -1);
-          gemm_rows<T>(avx2, Mh, pb.r2, pb.r3, s.gprow.data(), 1, th.off, th.n, P.g3_b.data(), pb.r2,
+          gemm_rows<T>(isa, Mh, pb.r2, pb.r3, s.gprow.data(), 1, th.off, th.n, P.g3_b.data(), pb.r2,
                        s.g2row.data(), false);
           if (need.w2)
-            tap_weight_grad<T>(avx2, b, s.f.opad.data(), pb.r1, vertical_taps(b, pb.r1, 1), s.g2.data(), pb.r2, acc,
+            tap_weight_grad<T>(isa, b, s.f.opad.data(), pb.r1, vertical_taps(b, pb.r1, 1), s.g2.data(), pb.r2, acc,
                                s.tmp, s.gyrow);
           if (need_go) {
             padded_rows(g2_band, s.g2.data(), pb.r2, b, b.h0, b.h1);
             const Taps tv = vertical_taps(b, pb.r2, -1);
-            gemm_rows<T>(avx2, M, pb.r1, pb.r2, g2_band.data(), 1, tv.off, tv.n, P.g2_b.data(), pb.r1,
+            gemm_rows<T>(isa, M, pb.r1, pb.r2, g2_band.data(), 1, tv.off, tv.n, P.g2_b.data(), pb.r1,
                          gorow.data(), false);
           }
         }
@@ -728,7 +728,7 @@ void block_backward(const Problem& pb, const Packed<T>& P, const View4<const T>&
           s.tmp[c] = const_cast<T*>(P.g1_t.data()) + c * pb.r1;
           crow[c] = gx_out + ((n * pb.cin + c) * pb.H + b.h0) * pb.W;
         }
-        gemm_rows<T>(avx2, pb.cin, M, pb.r1, s.tmp.data(), 1, kZeroTap, 1, s.go_t.data(), M, crow.data(), false);
+        gemm_rows<T>(isa, pb.cin, M, pb.r1, s.tmp.data(), 1, kZeroTap, 1, s.go_t.data(), M, crow.data(), false);
       }
       if (need.g1) g1_grad_scatter<T>(pb, A, M, s.go.data(), acc + L.taps_a + L.taps_b + L.g4);
     }

@@ -23,6 +23,9 @@
 namespace snnops {
 namespace tt {
 
+// The kernel family to run: 2 = AVX-512, 1 = AVX2, 0 = portable.
+inline int isa_level() { return use_avx512() ? 2 : use_avx2() ? 1 : 0; }
+
 // ------------------------------------------------------------------ portable
 template <typename T>
 void gemm_rows_generic(int64_t M, int64_t N, int64_t K, const T* const* arow, int64_t ask,
@@ -152,10 +155,155 @@ SNN_AVX2 inline void gemm_rows_avx2(int64_t M, int64_t N, int64_t K, const float
       for (int64_t i0 = 0; i0 < M; i0 += 6) block(i0, full16, tail_kind);
   }
 }
+
+// ------------------------------------------------------------------ AVX-512
+// Register tiles of MR rows x NV zmm vectors (16 columns each), chosen by the width N
+// so that every tile keeps 16-24 accumulators busy (the FMA latency is 4 cycles on 2
+// ports: at least 8 independent accumulators, more to cover the broadcast loads):
+//   N > 48: 6 x 4 (24 acc, 4 B vectors, 32 regs minus 4 spare)
+//   N > 32: 8 x 3 (24 acc)
+//   N > 16: 8 x 2 (16 acc)       N <= 16: 8 x 1 (8 acc)
+// The A element is a broadcast folded into the FMA's memory operand, so the only
+// register cost per row is its pointer; more than 8 rows made GCC spill the row
+// pointers (each spill is one more load per broadcast) and measured slower.
+template <int MR, int NV, bool MASKED>
+SNN_AVX512 inline void tile_avx512(int64_t K, const float* const* arow, int64_t ask, const int64_t* toff,
+                                   int ntaps, const float* B, int64_t ldb, float* const* crow, int64_t j,
+                                   __mmask16 mask, bool accumulate) {
+  __m512 c[MR][NV];
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) c[i][v] = _mm512_setzero_ps();
+  const float* b = B + j;
+  for (int t = 0; t < ntaps; ++t) {
+    const float* ap[MR];
+    for (int i = 0; i < MR; ++i) ap[i] = arow[i] + toff[t];
+    if (ask == 1) {
+      int64_t k = 0;
+      if constexpr (NV == 1) {
+        // Two k steps into two accumulator sets: 2*MR independent FMA chains where
+        // one vector of columns gives only MR.
+        __m512 d[MR];
+        for (int i = 0; i < MR; ++i) d[i] = _mm512_setzero_ps();
+        for (; k + 1 < K; k += 2, b += 2 * ldb) {
+          const __m512 b0 = MASKED ? _mm512_maskz_loadu_ps(mask, b) : _mm512_loadu_ps(b);
+          const __m512 b1 = MASKED ? _mm512_maskz_loadu_ps(mask, b + ldb) : _mm512_loadu_ps(b + ldb);
+          for (int i = 0; i < MR; ++i) {
+            c[i][0] = _mm512_fmadd_ps(_mm512_set1_ps(ap[i][k]), b0, c[i][0]);
+            d[i] = _mm512_fmadd_ps(_mm512_set1_ps(ap[i][k + 1]), b1, d[i]);
+          }
+        }
+        for (int i = 0; i < MR; ++i) c[i][0] = _mm512_add_ps(c[i][0], d[i]);
+      }
+      for (; k < K; ++k, b += ldb) {
+        __m512 bv[NV];
+        for (int v = 0; v < NV; ++v)
+          bv[v] = (MASKED && v == NV - 1) ? _mm512_maskz_loadu_ps(mask, b + 16 * v) : _mm512_loadu_ps(b + 16 * v);
+        for (int i = 0; i < MR; ++i) {
+          const __m512 a = _mm512_set1_ps(ap[i][k]);
+          for (int v = 0; v < NV; ++v) c[i][v] = _mm512_fmadd_ps(a, bv[v], c[i][v]);
+        }
+      }
+    } else {
+      for (int64_t k = 0; k < K; ++k, b += ldb) {
+        __m512 bv[NV];
+        for (int v = 0; v < NV; ++v)
+          bv[v] = (MASKED && v == NV - 1) ? _mm512_maskz_loadu_ps(mask, b + 16 * v) : _mm512_loadu_ps(b + 16 * v);
+        const int64_t ko = k * ask;
+        for (int i = 0; i < MR; ++i) {
+          const __m512 a = _mm512_set1_ps(ap[i][ko]);
+          for (int v = 0; v < NV; ++v) c[i][v] = _mm512_fmadd_ps(a, bv[v], c[i][v]);
+        }
+      }
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    float* cp = crow[i] + j;
+    for (int v = 0; v < NV; ++v) {
+      const bool m = MASKED && v == NV - 1;
+      __m512 r = c[i][v];
+      if (accumulate) r = _mm512_add_ps(r, m ? _mm512_maskz_loadu_ps(mask, cp + 16 * v) : _mm512_loadu_ps(cp + 16 * v));
+      if (m)
+        _mm512_mask_storeu_ps(cp + 16 * v, mask, r);
+      else
+        _mm512_storeu_ps(cp + 16 * v, r);
+    }
+  }
+}
+
+// Rows 1..MR of a tile of NV vectors (the last one masked when `masked`).
+template <int MR, int NV>
+SNN_AVX512 inline void tile_rows_avx512(int64_t mr, bool masked, int64_t K, const float* const* arow, int64_t ask,
+                                        const int64_t* toff, int ntaps, const float* B, int64_t ldb,
+                                        float* const* crow, int64_t j, __mmask16 mask, bool acc) {
+  if constexpr (MR > 1) {
+    if (mr < MR)
+      return tile_rows_avx512<MR - 1, NV>(mr, masked, K, arow, ask, toff, ntaps, B, ldb, crow, j, mask, acc);
+  }
+  if (masked)
+    tile_avx512<MR, NV, true>(K, arow, ask, toff, ntaps, B, ldb, crow, j, mask, acc);
+  else
+    tile_avx512<MR, NV, false>(K, arow, ask, toff, ntaps, B, ldb, crow, j, mask, acc);
+}
+
+// All rows over columns [j0, j0 + 16 * NV) (the last vector masked when `masked`).
+template <int MR, int NV>
+SNN_AVX512 inline void column_block_avx512(int64_t M, bool masked, int64_t K, const float* const* arow, int64_t ask,
+                                           const int64_t* toff, int ntaps, const float* B, int64_t ldb,
+                                           float* const* crow, int64_t j0, __mmask16 mask, bool acc) {
+  int64_t i0 = 0;
+  if (masked) {
+    for (; i0 + MR <= M; i0 += MR)
+      tile_avx512<MR, NV, true>(K, arow + i0, ask, toff, ntaps, B, ldb, crow + i0, j0, mask, acc);
+  } else {
+    for (; i0 + MR <= M; i0 += MR)
+      tile_avx512<MR, NV, false>(K, arow + i0, ask, toff, ntaps, B, ldb, crow + i0, j0, mask, acc);
+  }
+  if (i0 < M)
+    tile_rows_avx512<MR, NV>(M - i0, masked, K, arow + i0, ask, toff, ntaps, B, ldb, crow + i0, j0, mask, acc);
+}
+
+// Columns [j0, N) in blocks of NV vectors, then one block of the 1..NV-1 vectors left.
+template <int MR, int NV>
+SNN_AVX512 inline void columns_avx512(int64_t M, int64_t N, int64_t j0, int64_t K, const float* const* arow,
+                                      int64_t ask, const int64_t* toff, int ntaps, const float* B, int64_t ldb,
+                                      float* const* crow, bool acc) {
+  const int64_t rem = N % 16;
+  const __mmask16 mask = rem ? (__mmask16)((1u << rem) - 1) : (__mmask16)0xFFFF;
+  const int64_t Np = ceil_div(N, 16) * 16;  // the last vector may be partial (masked)
+  for (; j0 + 16 * NV <= Np; j0 += 16 * NV) {
+    const bool masked = rem && j0 + 16 * NV == Np;
+    column_block_avx512<MR, NV>(M, masked, K, arow, ask, toff, ntaps, B, ldb, crow, j0, mask, acc);
+  }
+  if (j0 < N) {  // the last 1..NV-1 vectors
+    const bool masked = rem != 0;
+    switch (ceil_div(N - j0, 16)) {
+      case 1: return column_block_avx512<MR, 1>(M, masked, K, arow, ask, toff, ntaps, B, ldb, crow, j0, mask, acc);
+      case 2: return column_block_avx512<MR, 2>(M, masked, K, arow, ask, toff, ntaps, B, ldb, crow, j0, mask, acc);
+      default: return column_block_avx512<MR, 3>(M, masked, K, arow, ask, toff, ntaps, B, ldb, crow, j0, mask, acc);
+    }
+  }
+}
+
+SNN_AVX512 inline void gemm_rows_avx512(int64_t M, int64_t N, int64_t K, const float* const* arow, int64_t ask,
+                                        const int64_t* toff, int ntaps, const float* B, int64_t ldb,
+                                        float* const* crow, bool accumulate) {
+  if (M <= 0 || N <= 0) return;
+  // The column blocks walk outside the rows: a block's B panel (ntaps*K x 16*NV
+  // floats) stays in L1/L2 while every row tile passes over it.
+  if (N > 48)
+    columns_avx512<6, 4>(M, N, 0, K, arow, ask, toff, ntaps, B, ldb, crow, accumulate);
+  else if (N > 32)
+    columns_avx512<8, 3>(M, N, 0, K, arow, ask, toff, ntaps, B, ldb, crow, accumulate);
+  else if (N > 16)
+    columns_avx512<8, 2>(M, N, 0, K, arow, ask, toff, ntaps, B, ldb, crow, accumulate);
+  else
+    columns_avx512<8, 1>(M, N, 0, K, arow, ask, toff, ntaps, B, ldb, crow, accumulate);
+}
 #endif  // SNN_HAVE_AVX2
 
+// isa: 2 = AVX-512, 1 = AVX2, 0 = portable (see isa_level()).
 template <typename T>
-inline void gemm_rows(bool avx2, int64_t M, int64_t N, int64_t K, const T* const* arow, int64_t ask,
+inline void gemm_rows(int isa, int64_t M, int64_t N, int64_t K, const T* const* arow, int64_t ask,
                       const int64_t* toff, int ntaps, const T* B, int64_t ldb, T* const* crow, bool accumulate) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0 || ntaps <= 0) {
@@ -165,10 +313,11 @@ inline void gemm_rows(bool avx2, int64_t M, int64_t N, int64_t K, const T* const
   }
 #if SNN_HAVE_AVX2
   if constexpr (std::is_same<T, float>::value) {
-    if (avx2) return gemm_rows_avx2(M, N, K, arow, ask, toff, ntaps, B, ldb, crow, accumulate);
+    if (isa >= 2) return gemm_rows_avx512(M, N, K, arow, ask, toff, ntaps, B, ldb, crow, accumulate);
+    if (isa == 1) return gemm_rows_avx2(M, N, K, arow, ask, toff, ntaps, B, ldb, crow, accumulate);
   }
 #endif
-  (void)avx2;
+  (void)isa;
   gemm_rows_generic<T>(M, N, K, arow, ask, toff, ntaps, B, ldb, crow, accumulate);
 }
 
