@@ -1,6 +1,9 @@
-"""Fused tdBN + LIF (``snnops.bn_lif``): the C++ kernels (AVX2 and portable) against
-the reference, the reference against ``F.batch_norm`` + the LIF loop, autograd,
-running statistics, layouts and errors."""
+"""Fused tdBN + LIF (``snnops.bn_lif``): the C++ kernels (AVX2 and portable) and the
+Triton kernels (under the interpreter, and their compiled GPU code) against the
+reference, the reference against ``F.batch_norm`` + the LIF loop, autograd, running
+statistics, layouts and errors."""
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -217,6 +220,21 @@ def test_triton_half_input_output_mask_and_layouts():
     _assert_triton_matches(k, zt, w, b, rm, rv, True)
 
 
+def test_triton_is_the_registered_cuda_implementation():
+    """The callables registered for CUDA run these kernels (called here on CPU tensors)."""
+    _triton()
+    ops = importlib.import_module("snnops.ops.bn_lif")   # the package re-exports the function bn_lif
+    assert snnops.backends()["bn_lif_fwd"]["cuda"] == "triton" and snnops.backends()["bn_lif_bwd"]["cuda"] == "triton"
+    z = _z(2, 9, 40)
+    w, b, rm, rv = _bn_params(40)
+    got = ops._triton_fwd(*_fwd_args(z, w, b, rm, rv, True))
+    want = reference.bn_lif_fwd(*_fwd_args(z, w, b, rm, rv, True))
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    bargs = (torch.randn(2, 9, 40), z, w, got[3], got[4], got[1], got[2], True, 0.25, 1.0, [True, True, True])
+    for g, r in zip(ops._triton_bwd(*bargs), reference.bn_lif_bwd(*bargs)):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+
+
 def test_triton_empty_float64_and_errors():
     k = _triton()
     w, b, rm, rv = _bn_params(8)
@@ -227,6 +245,11 @@ def test_triton_empty_float64_and_errors():
     gz, gw, gb = k.bn_lif_bwd(torch.zeros(2, 0, 8), torch.zeros(2, 0, 8), w, out[3], out[4], out[1], out[2], False,
                               0.25, 1.0, [True, True, True])
     assert gz.shape == (2, 0, 8) and torch.equal(gw, torch.zeros(8)) and torch.equal(gb, torch.zeros(8))
+    # training without running statistics; bfloat16 input (float32 math, bfloat16 spikes)
+    zb = _z(2, 5, 8).bfloat16()
+    got = k.bn_lif_fwd(*_fwd_args(zb, w, b, None, None, True))
+    want = reference.bn_lif_fwd(*_fwd_args(zb, w, b, None, None, True))
+    assert got[0].dtype == torch.bfloat16 and torch.equal(got[0], want[0]) and torch.equal(got[2], want[2])
     z64 = _z(2, 5, 8, torch.float64)
     w64, b64, rm64, rv64 = _bn_params(8, torch.float64)
     got = k.bn_lif_fwd(*_fwd_args(z64, w64, b64, rm64, rv64, True))

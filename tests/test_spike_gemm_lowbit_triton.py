@@ -43,6 +43,15 @@ def test_triton_lowbit_exact(bits, m, n, kf):
         assert torch.equal(got, want)
 
 
+def test_triton_lowbit_is_the_registered_cuda_implementation():
+    from snnops.ops import spike_gemm as ops
+    assert snnops.backends()["spike_gemm_lowbit"]["cuda"] == "triton"
+    q = _qweight(10, 50, 2, per_channel=True, masked=True)
+    packed = snnops.pack_spikes(_spikes((4, 50)), -1)
+    got = ops._triton_lowbit(packed, q.planes, q.scale, None, 2)
+    assert torch.equal(got, reference.spike_gemm_lowbit(packed, q.planes, q.scale, None, 2))
+
+
 def test_triton_lowbit_flushes_accumulator(monkeypatch):
     """The fp32 partial sums are moved to the integer accumulator every FLUSH words;
     with FLUSH = one dot step the loop runs many segments, the last one partial."""
