@@ -7,10 +7,10 @@ has the CPU format (int32 words, bit i of word w = neuron 32w + i; plane 0 the
 rectangular window, plane 1 the spikes). Where only the input is kept, the backward
 first recomputes h into a scratch [T, N] buffer, then walks time backwards.
 
-Math is float32 (float16/bfloat16/float64 inputs are converted). On a GPU the
-compiler may contract ``v * decay + x * c`` into an FMA, so a spike can differ from
-the reference when h is within one rounding of the threshold; the CPU kernels and
-the interpreter round exactly like the reference.
+Math is float32 (float16/bfloat16/float64 inputs are converted). The kernels are
+compiled without FMA contraction (Triton contracts ``a * b + c`` by default): h must
+round like the reference's ``(v * decay + x * c) + b``, or a spike can flip where h lies
+within one rounding of the threshold.
 """
 from __future__ import annotations
 
@@ -194,7 +194,7 @@ def lif_fwd(x, v, decay, input_scale, v_threshold, v_reset, surrogate, alpha, de
             saved if bits else xf, steps, n, words, float(decay), float(input_scale),
             float((1.0 - decay) * (v_reset or 0.0)), float(v_threshold), float(v_reset or 0.0),
             float(alpha / 2), HAS_V0=v0 is not None, HARD=hard, STORE_MEM=return_membrane,
-            SAVE_BITS=bits, BLOCK=BLOCK)
+            SAVE_BITS=bits, BLOCK=BLOCK, enable_fp_fusion=False)
     if pack_dim is not None:
         # packed along a feature dim: the spike-packing kernel on the fresh spikes
         from .spike_gemm import pack_spikes
@@ -234,5 +234,5 @@ def lif_bwd(grad_spikes, grad_v_last, grad_membrane, x, v, saved, shape, dtype, 
         float(v_threshold), float(v_reset or 0.0), float(alpha), float(alpha / (2 * math.tanh(alpha / 2))),
         HAS_GS=gs is not None, HAS_GVL=gvl is not None, HAS_GM=gm is not None,
         HAS_V0=v0 is not None, STORE_GV0=bool(has_v), HARD=v_reset is not None, DETACH=bool(detach_reset), BITS=bits,
-        SURROGATE=int(surrogate), BLOCK=BLOCK)
+        SURROGATE=int(surrogate), BLOCK=BLOCK, enable_fp_fusion=False)
     return gx.to(dtype), gv0.to(dtype)

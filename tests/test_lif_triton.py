@@ -58,3 +58,42 @@ def test_triton_lif_packed_output():
     out = triton_lif.lif_fwd(x, None, 0.25, 1.0, 0.5, 0.0, 0, 1.0, True, False, False, 2)
     ref = reference.lif_fwd(x, None, 0.25, 1.0, 0.5, 0.0, 0, 1.0, True, False, False, 2)
     assert out[4].shape == (3, 2, 5, 2) and torch.equal(out[4], ref[4])
+
+
+_PTX_SCRIPT = r"""
+import json, re
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from snnops.kernels import lif as k
+
+F, I = "*fp32", "*i32"
+sig = dict(x_ptr=F, v0_ptr=F, spk_ptr=F, vlast_ptr=F, mem_ptr=F, saved_ptr=I, T="i32", N="i32", words="i32",
+           decay="fp32", scale="fp32", bias="fp32", vth="fp32", vreset="fp32", half_width="fp32")
+consts = dict(HAS_V0=False, HARD=True, STORE_MEM=False, SAVE_BITS=True, BLOCK=k.BLOCK)
+src = ASTSource(k._lif_fwd_kernel, {**sig, **{n: "constexpr" for n in consts}}, consts)
+ptx = triton.compile(src, target=GPUTarget("cuda", 80, 32), options=dict(enable_fp_fusion=False)).asm["ptx"]
+print(json.dumps(dict(fma=len(re.findall(r"\bfma\.", ptx)), mul=len(re.findall(r"\bmul\.(?:rn\.)?f32", ptx)))))
+"""
+
+
+def test_gpu_code_has_no_fma_contraction():
+    """Compiled for sm_80 (no GPU needed) with the options the launchers pass: h is
+    computed with separate multiplies and adds, as the reference rounds it (Triton
+    would contract ``v * decay + x * c`` into an FMA by default and flip spikes at the
+    threshold)."""
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    import triton.backends
+    if "nvidia" not in triton.backends.backends:
+        pytest.skip("this triton build has no NVIDIA backend to compile with")
+    env = {key: val for key, val in os.environ.items() if key != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", _PTX_SCRIPT], env=env, capture_output=True, text=True,
+                         cwd=pathlib.Path(__file__).resolve().parents[1], timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got["fma"] == 0 and got["mul"] > 0
