@@ -252,6 +252,45 @@ def test_tt_conv_matches_reference(cpu_isa, parallel, schedule, pool, cin, r, co
         close(a, b)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("parallel,schedule,pool", [(True, [True, True, False, False], True), (True, [], False),
+                                                    (False, [], True)], ids=str)
+@pytest.mark.parametrize("hw", [(5, 5), (4, 6)], ids=str)
+def test_tt_conv_groups_of_small_images(cpu_isa, threads, parallel, schedule, pool, hw):
+    # Many small images: the kernels stack several (of one timestep) per work unit with
+    # one shared zero row between them; 9 images a step does not divide into the groups,
+    # so the last group of each step is smaller. Both gradient layouts are fed.
+    n = 36
+    x = spikes(n, 20, *hw)
+    packed = snnops.pack_spikes(x, 1)
+    g1 = torch.randn(12, 20, 1, 1)
+    w2, w3, w4 = block_weights(12, 8, parallel)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        y, idx, _ = torch.ops.snnops.tt_conv(packed, None, g1, w2, w3, w4, parallel, schedule, pool)
+        ref, ref_idx = reference.tt_conv(packed, x, g1, w2, w3, w4, parallel, schedule, pool)
+        close(y, ref)
+        g = torch.randn_like(ref)
+        want = reference.tt_conv_bwd(g, packed, g1, w2, w3, w4, ref_idx, parallel, schedule, pool, [True] * 5)
+        for layout in (torch.contiguous_format, torch.channels_last):
+            ours = torch.ops.snnops.tt_conv_bwd(g.contiguous(memory_format=layout), packed, g1, w2, w3, w4, idx,
+                                                parallel, schedule, pool, [True] * 5)
+            for a, b in zip(ours, want):
+                close(a, b)
+        o = torch.randn(n, 12, *hw)
+        yb, ib = torch.ops.snnops.tt_block(o, w2, w3, w4, parallel, schedule, pool)
+        rb, rib = reference.tt_block(o, w2, w3, w4, parallel, schedule, pool)
+        close(yb, rb)
+        gb = torch.randn_like(rb)
+        ours = torch.ops.snnops.tt_block_bwd(gb, o, w2, w3, w4, ib, parallel, schedule, pool, [True] * 4)
+        want = reference.tt_block_bwd(gb, o, w2, w3, w4, rib, parallel, schedule, pool, [True] * 4)
+        for a, b in zip(ours, want):
+            close(a, b)
+    finally:
+        torch.set_num_threads(old)
+
+
 @pytest.mark.parametrize("parallel,schedule,pool", BLOCK_CASES, ids=lambda v: str(v))
 def test_tt_conv_float64_gradients(parallel, schedule, pool):
     # float64 always runs the portable C++ path (the AVX2 kernels are float32)

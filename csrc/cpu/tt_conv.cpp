@@ -62,29 +62,43 @@ View4<const T> cview4(const at::Tensor& t) {
   return {t.data_ptr<T>(), t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
 }
 
-// Image rows [h0, h1) held in a padded buffer of (h1 - h0 + 2) x (W + 2) pixels:
-// buffer pixel (h - h0 + 1) * (W + 2) + (w + 1) is image pixel (h, w).
+// Image rows [h0, h1) of g consecutive images (g > 1 only for whole images) held in
+// a padded buffer of (g * (h1 - h0 + 1) + 1) x (W + 2) pixels: the images are stacked
+// vertically with one zero row between them, which is the bottom pad of one image
+// and the top pad of the next, so the 3x1 taps never mix two images. Buffer pixel
+// (j * (h1 - h0 + 1) + h - h0 + 1) * (W + 2) + (w + 1) is pixel (h, w) of image j.
+// (With g = 1 the halo rows h0 - 1 and h1 are the buffer's first and last rows.)
+// Grouping small images is what makes 8x8 and 4x4 maps efficient: every GEMM gets
+// g times more pixel rows, the weight gradients g times longer sums between their
+// read-modify-writes of the accumulators, and G1's spike GEMM one call per group.
 struct Band {
-  int64_t H, W, h0, h1;
+  int64_t H, W, h0, h1, g = 1;
   int64_t wp() const { return W + 2; }
   int64_t rows() const { return h1 - h0; }
-  int64_t buffer_pixels() const { return (h1 - h0 + 2) * (W + 2); }
-  int64_t at(int64_t h, int64_t w) const { return (h - h0 + 1) * (W + 2) + (w + 1); }
+  int64_t seg() const { return h1 - h0 + 1; }  // buffer rows per image
+  int64_t buffer_pixels() const { return (g * seg() + 1) * (W + 2); }
+  int64_t at(int64_t j, int64_t h, int64_t w) const { return (j * seg() + h - h0 + 1) * (W + 2) + (w + 1); }
+  int64_t at(int64_t h, int64_t w) const { return at(0, h, w); }
   // first pixel of the band's rows, including the left pad column
   int64_t first_row_pixel() const { return W + 2; }
+  // pixels from first_row_pixel() to the end of the last image's rows (the zero
+  // separator rows included: sums over them add zeros)
+  int64_t span_pixels() const { return (g * seg() - 1) * (W + 2); }
 };
 
-// Zero a padded buffer and copy image rows [lo, hi) (clipped to the image) of image n.
+// Zero a padded buffer and copy image rows [lo, hi) (clipped to the image) of the
+// band's images n0 .. n0 + g - 1.
 template <typename T>
-void fill_padded(T* buf, int64_t ch, const Band& b, const View4<const T>& src, int64_t n, int64_t lo,
+void fill_padded(T* buf, int64_t ch, const Band& b, const View4<const T>& src, int64_t n0, int64_t lo,
                  int64_t hi) {
   std::memset(buf, 0, sizeof(T) * b.buffer_pixels() * ch);
   lo = std::max<int64_t>(lo, 0);
   hi = std::min(hi, b.H);
+  for (int64_t j = 0; j < b.g; ++j)
   for (int64_t h = lo; h < hi; ++h) {
     for (int64_t w = 0; w < b.W; ++w) {
-      T* d = buf + b.at(h, w) * ch;
-      const T* s = src.at(n, 0, h, w);
+      T* d = buf + b.at(j, h, w) * ch;
+      const T* s = src.at(n0 + j, 0, h, w);
       if (src.sc == 1) {
         std::memcpy(d, s, sizeof(T) * ch);
       } else {
@@ -94,15 +108,18 @@ void fill_padded(T* buf, int64_t ch, const Band& b, const View4<const T>& src, i
   }
 }
 
-// Pointers to the pixels of image rows [lo, hi) (clipped) inside a padded buffer.
+// Pointers to the pixels of image rows [lo, hi) (clipped) of every image of the band
+// inside a padded buffer, image by image.
 template <typename T>
 int64_t padded_rows(std::vector<T*>& rows, T* buf, int64_t ch, const Band& b, int64_t lo, int64_t hi) {
   lo = std::max<int64_t>(lo, 0);
   hi = std::min(hi, b.H);
-  rows.clear();
-  for (int64_t h = lo; h < hi; ++h)
-    for (int64_t w = 0; w < b.W; ++w) rows.push_back(buf + b.at(h, w) * ch);
-  return (int64_t)rows.size();
+  rows.resize(b.g * std::max<int64_t>(hi - lo, 0) * b.W);
+  int64_t i = 0;
+  for (int64_t j = 0; j < b.g; ++j)
+    for (int64_t h = lo; h < hi; ++h)
+      for (int64_t w = 0; w < b.W; ++w) rows[i++] = buf + b.at(j, h, w) * ch;
+  return i;
 }
 
 // Pointers to consecutive rows of a compact [pixels, ch] block.
@@ -219,6 +236,7 @@ struct Problem {
   bool parallel, pool, has_g4;
   std::vector<uint8_t> full;  // per image: 1 = full step, 0 = HTT half step
   int64_t band_rows, bands;
+  int64_t group = 1;  // whole images per unit (band_rows == H when above 1)
   // tt_conv: o = G1(s) from packed spikes [N, H, W, words] instead of a tensor o.
   // With `spikes` (float 0/1, NCHW contiguous) the band packs them itself and writes
   // its rows of `bits` (the op's packed output, kept for backward).
@@ -228,14 +246,27 @@ struct Problem {
   mutable std::atomic<int64_t>* bad_spike = nullptr;  // first non-binary value found
   int64_t steps = 1;  // timesteps of the schedule (1 without one)
 
-  // Image of the k-th unit of work. Units are dealt round-robin over the timesteps so
-  // that at::parallel_for's contiguous split gives every thread the same mix of full
-  // and half steps (in time order, FFHH would hand one thread all the full steps and
-  // the other all the half ones, and the half steps would save no wall time).
-  int64_t image(int64_t k) const {
-    const int64_t per = N / steps;
-    return (k % steps) * per + k / steps;
+  // Groups of `group` consecutive images of one timestep (the last group of a step
+  // may be smaller), dealt round-robin over the timesteps so that at::parallel_for's
+  // contiguous split gives every thread the same mix of full and half steps (in time
+  // order, FFHH would hand one thread all the full steps and the other all the half
+  // ones, and the half steps would save no wall time).
+  int64_t groups_per_step() const { return ceil_div(N / steps, group); }
+  int64_t groups() const { return steps * groups_per_step(); }
+  // First image of the k-th group and its number of images.
+  int64_t image(int64_t k, int64_t* count) const {
+    const int64_t per = N / steps, q = k / steps;
+    *count = std::min(group, per - q * group);
+    return (k % steps) * per + q * group;
   }
+  // The band of the u-th unit of work (group u / bands, band u % bands); its first image in *n0.
+  struct Band band(int64_t u, int64_t* n0) const {
+    int64_t g = 1;
+    *n0 = image(u / bands, &g);
+    const int64_t k = u % bands;
+    return Band{H, W, k * band_rows, std::min(H, (k + 1) * band_rows), g};
+  }
+  int64_t units() const { return groups() * bands; }
 };
 
 // Rows per band: whole images when their working set fits in about half of L2;
@@ -254,6 +285,15 @@ void choose_bands(Problem& p, size_t elem) {
   rows = std::max<int64_t>(rows, 1);
   p.band_rows = rows;
   p.bands = ceil_div(std::max<int64_t>(p.H, 1), rows);
+  // Whole images that fit several to the budget go in groups, as long as every
+  // thread still gets about four units.
+  p.group = 1;
+  if (p.bands == 1 && p.H > 0) {
+    const int64_t per_step = std::max<int64_t>(p.N / std::max<int64_t>(p.steps, 1), 1);
+    const int64_t budget = std::max<int64_t>(1, (int64_t)(1 << 20) / std::max<int64_t>(per_row * p.H, 1));
+    const int64_t spread = std::max<int64_t>(1, p.N / want_units);
+    p.group = std::max<int64_t>(1, std::min({budget, spread, per_step}));
+  }
 }
 
 std::vector<uint8_t> image_steps(int64_t N, const c10::List<bool>& schedule) {
@@ -323,33 +363,40 @@ int64_t pack_rows(const Problem& pb, int64_t n, int64_t lo, int64_t hi, uint32_t
 // The band's input rows [lo, hi) into the padded buffer: read from the tensor o, or
 // computed by G1 from the packed spikes (packed here first when given as floats).
 template <typename T>
-void fill_input(const Problem& pb, const Packed<T>& P, const View4<const T>& o, T* buf, const Band& b, int64_t n,
+void fill_input(const Problem& pb, const Packed<T>& P, const View4<const T>& o, T* buf, const Band& b, int64_t n0,
                 int64_t lo, int64_t hi, std::vector<T>& tmp, std::vector<uint32_t>& bit_tmp) {
-  if (pb.bits == nullptr) return fill_padded<T>(buf, pb.r1, b, o, n, lo, hi);
+  if (pb.bits == nullptr) return fill_padded<T>(buf, pb.r1, b, o, n0, lo, hi);
   std::memset(buf, 0, sizeof(T) * b.buffer_pixels() * pb.r1);
   lo = std::max<int64_t>(lo, 0);
   hi = std::min(hi, b.H);
-  const int64_t R = (hi - lo) * b.W;
+  const int64_t Rj = (hi - lo) * b.W;  // rows per image; a group has whole images, contiguous
+  const int64_t R = b.g * Rj;
   if (R <= 0) return;
-  const uint32_t* A = pb.bits + (n * b.H + lo) * b.W * pb.words;
+  const uint32_t* A = pb.bits + (n0 * b.H + lo) * b.W * pb.words;
   if (pb.spikes != nullptr) {
     // Pack while the rows are in cache; the halo rows go to a scratch only (the
     // neighbouring band owns them), the band's own rows also to the packed output.
     bit_tmp.resize(R * pb.words);
-    const int64_t bad = pack_rows<T>(pb, n, lo, hi, bit_tmp.data());
-    if (bad >= 0) {
-      int64_t none = -1;
-      pb.bad_spike->compare_exchange_strong(none, n * pb.cin * pb.H * pb.W + bad);
-      return;
+    for (int64_t j = 0; j < b.g; ++j) {
+      const int64_t n = n0 + j;
+      uint32_t* bt = bit_tmp.data() + j * Rj * pb.words;
+      const int64_t bad = pack_rows<T>(pb, n, lo, hi, bt);
+      if (bad >= 0) {
+        int64_t none = -1;
+        pb.bad_spike->compare_exchange_strong(none, n * pb.cin * pb.H * pb.W + bad);
+        return;
+      }
+      uint32_t* own = const_cast<uint32_t*>(pb.bits) + (n * b.H + b.h0) * b.W * pb.words;
+      std::memcpy(own, bt + (b.h0 - lo) * b.W * pb.words, sizeof(uint32_t) * b.rows() * b.W * pb.words);
     }
-    uint32_t* own = const_cast<uint32_t*>(pb.bits) + (n * b.H + b.h0) * b.W * pb.words;
-    std::memcpy(own, bit_tmp.data() + (b.h0 - lo) * b.W * pb.words, sizeof(uint32_t) * b.rows() * b.W * pb.words);
     A = bit_tmp.data();
   }
   tmp.resize(R * pb.r1);
   g1_from_bits<T>(pb, P, A, R, tmp.data());
-  for (int64_t h = lo; h < hi; ++h)
-    std::memcpy(buf + b.at(h, 0) * pb.r1, tmp.data() + (h - lo) * b.W * pb.r1, sizeof(T) * b.W * pb.r1);
+  for (int64_t j = 0; j < b.g; ++j)
+    for (int64_t h = lo; h < hi; ++h)
+      std::memcpy(buf + b.at(j, h, 0) * pb.r1, tmp.data() + (j * (hi - lo) + h - lo) * b.W * pb.r1,
+                  sizeof(T) * b.W * pb.r1);
 }
 
 // ---------------------------------------------------------------- forward
@@ -391,8 +438,10 @@ void middle_forward(int isa, const Problem& pb, const Packed<T>& P, const Band& 
 }
 
 template <typename T>
-void pool_band(const Problem& pb, const Band& b, const T* ytile, T* out, uint8_t* idx, int64_t n) {
+void pool_band(const Problem& pb, const Band& b, const T* ytile, T* out, uint8_t* idx, int64_t n0) {
   const int64_t Hp = pb.H / 2, Wp = pb.W / 2, C = pb.cout;
+  for (int64_t j = 0; j < b.g; ++j, ytile += b.rows() * pb.W * C) {
+  const int64_t n = n0 + j;
   for (int64_t ph = b.h0 / 2; ph < std::min(Hp, b.h1 / 2); ++ph) {
     for (int64_t pw = 0; pw < Wp; ++pw) {
       const int64_t o = ((n * Hp + ph) * Wp + pw) * C;
@@ -413,20 +462,21 @@ void pool_band(const Problem& pb, const Band& b, const T* ytile, T* out, uint8_t
       }
     }
   }
+  }
 }
 
 template <typename T>
 void block_forward(const Problem& pb, const Packed<T>& P, const View4<const T>& o, T* out, uint8_t* idx) {
   const int isa = tt::isa_level();
-  at::parallel_for(0, pb.N * pb.bands, 1, [&](int64_t u0, int64_t u1) {
+  at::parallel_for(0, pb.units(), 1, [&](int64_t u0, int64_t u1) {
     FwdScratch<T> s;
     std::vector<T*> rows, yrow;
     for (int64_t u = u0; u < u1; ++u) {
-      const int64_t n = pb.image(u / pb.bands);
-      const Band b{pb.H, pb.W, (u % pb.bands) * pb.band_rows, std::min(pb.H, (u % pb.bands + 1) * pb.band_rows)};
+      int64_t n = 0;
+      const Band b = pb.band(u, &n);
       s.opad.resize(b.buffer_pixels() * pb.r1);
       fill_input<T>(pb, P, o, s.opad.data(), b, n, b.h0 - 1, b.h1 + 1, s.tmp, s.bits);
-      const int64_t M = b.rows() * pb.W;
+      const int64_t M = b.g * b.rows() * pb.W;
       const int64_t out_ch = pb.has_g4 ? pb.cout : pb.r3;
       T* dest = out + (n * pb.H + b.h0) * pb.W * out_ch;
       if (!pb.has_g4) {  // ptt_conv: the middle is the output
@@ -559,7 +609,7 @@ template <typename T>
 void tap_weight_grad(int isa, const Band& b, const T* act, int64_t ci, const Taps& tp, const T* grad, int64_t co,
                      T* acc, std::vector<T*>& arow, std::vector<T*>& crow) {
   const int64_t q0 = b.first_row_pixel();
-  const int64_t K = b.rows() * b.wp();
+  const int64_t K = b.span_pixels();
   arow.resize(tp.n * ci);
   crow.resize(tp.n * ci);
   for (int t = 0; t < tp.n; ++t)
@@ -578,22 +628,24 @@ void block_backward(const Problem& pb, const Packed<T>& P, const View4<const T>&
   const int64_t slots = std::max<int64_t>(1, at::get_num_threads());
   acc_all.assign(slots * L.total, T(0));
   const int64_t gch = pb.has_g4 ? pb.cout : pb.r3;  // channels of the incoming gradient
-  const bool gy_rows_direct = !pb.pool && gy_in.sc == 1 && gy_in.sw == gch && gy_in.sh == pb.W * gch;
+  const bool gy_rows_direct = !pb.pool && gy_in.sc == 1 && gy_in.sw == gch && gy_in.sh == pb.W * gch &&
+                              (pb.group == 1 || gy_in.sn == pb.H * pb.W * gch);
   const bool need_taps = need.w2 || need.w3;
   // the gradient of o: an output (tt_block, ptt_conv) or what G1's backward needs (tt_conv)
   const bool need_go = pb.bits ? (need.x || need.g1) : need.o;
-  at::parallel_for(0, pb.N * pb.bands, 1, [&](int64_t u0, int64_t u1) {
+  at::parallel_for(0, pb.units(), 1, [&](int64_t u0, int64_t u1) {
     const int64_t slot = std::min<int64_t>(at::get_thread_num(), slots - 1);
     T* acc = acc_all.data() + slot * L.total;
     BwdScratch<T> s;
     std::vector<T*> mrows, gp_band, g2_band, crow;
     for (int64_t u = u0; u < u1; ++u) {
-      const int64_t n = pb.image(u / pb.bands);
-      const Band b{pb.H, pb.W, (u % pb.bands) * pb.band_rows, std::min(pb.H, (u % pb.bands + 1) * pb.band_rows)};
+      int64_t n = 0;  // the band's first image (of b.g consecutive ones of one timestep)
+      const Band b = pb.band(u, &n);
       const bool full = !pb.parallel || pb.full[n];
-      const int64_t M = b.rows() * pb.W;
+      const int64_t M = b.g * b.rows() * pb.W;
       const int64_t lo = std::max<int64_t>(b.h0 - 1, 0), hi = std::min(pb.H, b.h1 + 1);
-      const int64_t Mh = (hi - lo) * pb.W;
+      const int64_t Mj = (hi - lo) * pb.W;  // rows [lo, hi) of one image
+      const int64_t Mh = b.g * Mj;
       s.f.opad.resize(b.buffer_pixels() * pb.r1);
       fill_input<T>(pb, P, o, s.f.opad.data(), b, n, b.h0 - 1, b.h1 + 1, s.f.tmp, s.f.bits);
 
@@ -602,30 +654,37 @@ void block_backward(const Problem& pb, const Packed<T>& P, const View4<const T>&
       const T* gy_band;  // pixel (h0, 0) of a block with pixel stride gch
       s.gyrow.resize(Mh);
       if (gy_rows_direct) {
-        for (int64_t i = 0; i < Mh; ++i) s.gyrow[i] = const_cast<T*>(gy_in.at(n, 0, lo + i / pb.W, i % pb.W));
+        for (int64_t i = 0; i < Mh; ++i) {
+          const int64_t q = i % Mj;
+          s.gyrow[i] = const_cast<T*>(gy_in.at(n + i / Mj, 0, lo + q / pb.W, q % pb.W));
+        }
         gy_band = gy_in.at(n, 0, b.h0, 0);
       } else {
         s.gy.assign(Mh * gch, T(0));
-        if (pb.pool) {
-          const int64_t Hp = pb.H / 2, Wq = pb.W / 2;
-          for (int64_t ph = lo / 2; ph < std::min(Hp, (hi + 1) / 2); ++ph)
-            for (int64_t pw = 0; pw < Wq; ++pw) {
-              const T* g = gy_in.at(n, 0, ph, pw);
-              const uint8_t* code = idx + ((n * Hp + ph) * Wq + pw) * gch;
-              for (int64_t c = 0; c < gch; ++c) {
-                const int64_t h = 2 * ph + code[c] / 2, w = 2 * pw + code[c] % 2;
-                if (h >= lo && h < hi) s.gy[((h - lo) * pb.W + w) * gch + c] = g[c * gy_in.sc];
+        for (int64_t j = 0; j < b.g; ++j) {
+          const int64_t nj = n + j;
+          T* gyj = s.gy.data() + j * Mj * gch;
+          if (pb.pool) {
+            const int64_t Hp = pb.H / 2, Wq = pb.W / 2;
+            for (int64_t ph = lo / 2; ph < std::min(Hp, (hi + 1) / 2); ++ph)
+              for (int64_t pw = 0; pw < Wq; ++pw) {
+                const T* g = gy_in.at(nj, 0, ph, pw);
+                const uint8_t* code = idx + ((nj * Hp + ph) * Wq + pw) * gch;
+                for (int64_t c = 0; c < gch; ++c) {
+                  const int64_t h = 2 * ph + code[c] / 2, w = 2 * pw + code[c] % 2;
+                  if (h >= lo && h < hi) gyj[((h - lo) * pb.W + w) * gch + c] = g[c * gy_in.sc];
+                }
               }
-            }
-        } else {
-          // Read along the input's rows (an NCHW gradient: one plane row per channel),
-          // write transposed into the cache-resident scratch.
-          for (int64_t h = lo; h < hi; ++h)
-            for (int64_t c = 0; c < gch; ++c) {
-              const T* g = gy_in.at(n, c, h, 0);
-              T* d = s.gy.data() + (h - lo) * pb.W * gch + c;
-              for (int64_t w = 0; w < pb.W; ++w) d[w * gch] = g[w * gy_in.sw];
-            }
+          } else {
+            // Read along the input's rows (an NCHW gradient: one plane row per channel),
+            // write transposed into the cache-resident scratch.
+            for (int64_t h = lo; h < hi; ++h)
+              for (int64_t c = 0; c < gch; ++c) {
+                const T* g = gy_in.at(nj, c, h, 0);
+                T* d = gyj + (h - lo) * pb.W * gch + c;
+                for (int64_t w = 0; w < pb.W; ++w) d[w * gch] = g[w * gy_in.sw];
+              }
+          }
         }
         for (int64_t i = 0; i < Mh; ++i) s.gyrow[i] = s.gy.data() + i * gch;
         gy_band = s.gy.data() + (b.h0 - lo) * pb.W * gch;
@@ -724,11 +783,15 @@ void block_backward(const Problem& pb, const Packed<T>& P, const View4<const T>&
           for (int64_t a = 0; a < pb.r1; ++a) s.go_t[a * M + i] = s.go[i * pb.r1 + a];
         s.tmp.resize(pb.cin);
         crow.resize(pb.cin);
-        for (int64_t c = 0; c < pb.cin; ++c) {
-          s.tmp[c] = const_cast<T*>(P.g1_t.data()) + c * pb.r1;
-          crow[c] = gx_out + ((n * pb.cin + c) * pb.H + b.h0) * pb.W;
+        const int64_t Mb = b.rows() * pb.W;  // one image's pixels: its planes are apart
+        for (int64_t j = 0; j < b.g; ++j) {
+          for (int64_t c = 0; c < pb.cin; ++c) {
+            s.tmp[c] = const_cast<T*>(P.g1_t.data()) + c * pb.r1;
+            crow[c] = gx_out + (((n + j) * pb.cin + c) * pb.H + b.h0) * pb.W;
+          }
+          gemm_rows<T>(isa, pb.cin, Mb, pb.r1, s.tmp.data(), 1, kZeroTap, 1, s.go_t.data() + j * Mb, M, crow.data(),
+                       false);
         }
-        gemm_rows<T>(isa, pb.cin, M, pb.r1, s.tmp.data(), 1, kZeroTap, 1, s.go_t.data(), M, crow.data(), false);
       }
       if (need.g1) g1_grad_scatter<T>(pb, A, M, s.go.data(), acc + L.taps_a + L.taps_b + L.g4);
     }
