@@ -19,6 +19,7 @@ EPS32 = 2.0 ** -24
 SHAPES = [  # (M, K, N)
     (1, 1, 1), (1, 33, 7), (5, 31, 65), (37, 100, 129), (130, 257, 64), (3, 1500, 70),
     (700, 130, 20),  # several row blocks in the dense paths
+    (4500, 33, 65),  # two row blocks and a partial column chunk in the outer-product dW
     (0, 40, 5), (6, 0, 5), (6, 40, 0),
 ]
 DENSITIES = (0.0, 0.05, 0.3, 0.7, 1.0)

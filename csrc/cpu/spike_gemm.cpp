@@ -22,6 +22,10 @@
 #include <sstream>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "cpu/simd.h"
 #include "cpu/spike_gemm_kernels.h"
 #include "cpu/spike_pack.h"
@@ -74,6 +78,10 @@ constexpr double kDenseForwardFloat = 0.4;
 inline double dense_forward_packed(int64_t N) { return N >= 1024 ? 0.35 : 0.6; }
 inline double dense_grad_weight(int64_t N) { return N >= 1024 ? 0.15 : N >= 128 ? 0.6 : 0.45; }
 
+// Nibble scan (BitGemm::nibbles, AVX-512) from this density on.
+constexpr double kNibbleDensity = 0.3;
+bool nibble_scan(double density) { return density >= kNibbleDensity; }
+
 bool use_dense(double density, double threshold) {
   switch (forced_path()) {
     case Path::kBits: return false;
@@ -94,6 +102,25 @@ int64_t count_bits(const at::Tensor& packed) {
   // costs a wake-up of the pool, which on a loaded machine is worth more than that.
   parallel_pieces(n, 1 << 22, [&](int64_t a, int64_t b) { total += popcount_words(w + a, b - a); });
   return total.load();
+}
+
+// A fresh output of tens of MiB is first touched by our kernel, one 4 KiB page fault at a
+// time; on this machine a fault cost about 3 us, so the 64 MiB dW of gemm-fc spent 40-50
+// ms in the kernel zeroing pages, as long as MKL's whole product. Asking for transparent
+// huge pages (THP is in `madvise` mode here) makes that 32 faults of 2 MiB. The advice
+// covers the 2 MiB-aligned interior of the buffer and is only a hint: memory already
+// faulted stays as it is, and nothing changes where THP is off.
+void advise_huge_pages(const at::Tensor& t) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  const int64_t bytes = t.numel() * (int64_t)t.element_size();
+  if (bytes < (int64_t)(16 * kHuge)) return;
+  const uintptr_t a = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const uintptr_t lo = (a + kHuge - 1) & ~(kHuge - 1), hi = (a + (uintptr_t)bytes) & ~(kHuge - 1);
+  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+#else
+  (void)t;
+#endif
 }
 
 at::ScalarType compute_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
@@ -371,6 +398,55 @@ int64_t run_bitgemm(const BitGemm<T>& g) {
   return bad.load();
 }
 
+// dW [N, K] = dY^T S by outer products (spike_kernels::outer_dw_task) when a column
+// chunk of dW^T (K x 64) stays in cache: dY streams through once in row order and S is
+// read as packed, where the bit-scan over S^T read dY rows in a scattered order (gemm-
+// conv1x1 dW at density 0.1: 2.5x MKL -> see docs/spike_gemm.md). Tasks are (row block,
+// column chunk); row blocks (as many as keep the threads busy) sum their partials at the end.
+constexpr int64_t kOuterMaxBytes = 128 * 1024;
+
+template <typename T>
+void outer_grad_weight(const at::Tensor& packed2d, const at::Tensor& g, int64_t K, at::Tensor& gw) {
+  const int64_t M = packed2d.size(0), N = g.size(1);
+  constexpr int64_t NC = spike_kernels::kOuterChunk;
+  const int64_t nch = ceil_div(N, NC);
+  // Row blocks of 4096 rows whatever the thread count, so that the summation order (and
+  // the result) does not depend on it; tasks go to the threads from a shared counter.
+  const int64_t mb = 4096;
+  const int64_t nmb = std::max<int64_t>(1, ceil_div(M, mb));
+  // 64-byte aligned (torch's allocator): P rows are then whole cache lines; with
+  // std::vector's 16-byte alignment every 64-byte access split two lines and the loads
+  // missed store forwarding (3-4x slower).
+  constexpr int64_t LP = spike_kernels::kOuterStride;
+  at::Tensor partial_t = at::zeros({nmb * nch * K * LP}, g.options());
+  T* partial = partial_t.data_ptr<T>();
+  const uint32_t* S = reinterpret_cast<const uint32_t*>(packed2d.data_ptr<int32_t>());
+  const T* dY = g.data_ptr<T>();
+  const bool avx2 = std::is_same_v<T, float> && spike_kernels::bits_avx2();
+  const double work = (double)M * (double)N * (double)std::max<int64_t>(1, K / 32);
+  parallel_pieces(nmb * nch, work < 2e6 ? nmb * nch : 1, [&](int64_t t0, int64_t t1) {
+    thread_local spike_kernels::Workspace ws;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / nch, ch = t % nch;
+      const int64_t m0 = b * mb, m1 = std::min(M, m0 + mb);
+      spike_kernels::outer_dw_task(S, K, dY, N, m0, m1, ch * NC, std::min(NC, N - ch * NC),
+                                   partial + t * K * LP, avx2, ws);
+    }
+  });
+  // gw[n, k] = sum over row blocks of P_b[k, n - chunk start].
+  T* out = gw.data_ptr<T>();
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t ch = n / NC, j = n % NC;
+    T* o = out + n * K;
+    const T* p0 = partial + ch * K * LP + j;
+    for (int64_t k = 0; k < K; ++k) o[k] = p0[k * LP];
+    for (int64_t b = 1; b < nmb; ++b) {
+      const T* pb = partial + (b * nch + ch) * K * LP + j;
+      for (int64_t k = 0; k < K; ++k) o[k] += pb[k * LP];
+    }
+  }
+}
+
 // ================================================================== checks
 
 void check_weight(const at::Tensor& weight, const std::optional<at::Tensor>& bias, const char* op) {
@@ -391,7 +467,7 @@ std::optional<at::Tensor> defined_or_none(const std::optional<at::Tensor>& t) {
 // Y [R, N] from packed rows [R, W] over weight [N, K].
 template <typename T>
 void bits_forward(const at::Tensor& packed2d, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                  at::Tensor& out2d) {
+                  at::Tensor& out2d, double density) {
   BitGemm<T> g;
   g.A = reinterpret_cast<const uint32_t*>(packed2d.data_ptr<int32_t>());
   g.lda = packed2d.size(1);
@@ -405,6 +481,7 @@ void bits_forward(const at::Tensor& packed2d, const at::Tensor& weight, const st
   g.ldo_r = out2d.stride(0);
   g.ldo_n = out2d.stride(1);
   g.bias = bias.has_value() ? bias->data_ptr<T>() : nullptr;
+  g.nibbles = nibble_scan(density);
   run_bitgemm<T>(g);
 }
 
@@ -479,6 +556,7 @@ at::Tensor forward_from_packed(const at::Tensor& packed, const at::Tensor& weigh
   std::vector<int64_t> shape(packed.sizes().begin(), packed.sizes().end() - 1);
   shape.push_back(N);
   at::Tensor out = at::empty(shape, weight.options());
+  advise_huge_pages(out);
   if (out.numel() == 0) return out.to(out_t);
   at::Tensor out2d = out.view({R, N});
   const double density = (R * K) != 0 ? (double)nnz / (double)(R * K) : 0.0;
@@ -497,8 +575,8 @@ at::Tensor forward_from_packed(const at::Tensor& packed, const at::Tensor& weigh
     else out2d.zero_();
   } else {
     at::Tensor p2 = packed.view({R, W});
-    if (ct == at::kFloat) bits_forward<float>(p2, weight, bias, out2d);
-    else bits_forward<double>(p2, weight, bias, out2d);
+    if (ct == at::kFloat) bits_forward<float>(p2, weight, bias, out2d, density);
+    else bits_forward<double>(p2, weight, bias, out2d, density);
   }
   return out.to(out_t);
 }
@@ -553,6 +631,7 @@ std::tuple<at::Tensor, at::Tensor> spike_gemm_cpu(const at::Tensor& spikes, cons
     at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
     if (dense) {
       at::Tensor out = at::empty(shape, weight.options());
+      advise_huge_pages(out);
       at::Tensor out2d = out.view({R, N});
       const int64_t bad = dense_forward_packing(src, spikes.movedim(dim, -1).reshape({R, K}),
                                                 reinterpret_cast<uint32_t*>(packed.data_ptr<int32_t>()), W, weight,
@@ -562,9 +641,11 @@ std::tuple<at::Tensor, at::Tensor> spike_gemm_cpu(const at::Tensor& spikes, cons
     }
     if (N <= spike_kernels::bitgemm_chunk(N, avx2)) {
       at::Tensor out = at::empty(shape, weight.options());
+      advise_huge_pages(out);
       BitGemm<float> g{reinterpret_cast<const uint32_t*>(packed.data_ptr<int32_t>()), W, R, K,
                        weight.data_ptr<float>(), weight.stride(1), weight.stride(0), N, out.data_ptr<float>(), N, 1,
                        b.defined() ? b.data_ptr<float>() : nullptr, src, K};
+      g.nibbles = nibble_scan((double)ones / (double)(S * K));
       const int64_t bad = run_bitgemm<float>(g);
       if (bad >= 0) throw_non_binary_row(spikes, dim, bad / K, bad % K, op);
       return {out, packed};
@@ -628,6 +709,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spike_gemm_bwd_cpu(const at::Tens
   if (need_bias) gb = g.sum(0);
   if (need_weight) {
     gw = at::empty({N, K}, opts);
+    advise_huge_pages(gw);
     at::Tensor p = packed_in.contiguous().view({R, W});
     const int64_t nnz = p.numel() ? count_bits(p) : 0;
     const double density = (R * K) != 0 ? (double)nnz / (double)(R * K) : 0.0;
@@ -654,11 +736,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spike_gemm_bwd_cpu(const at::Tens
       } else {
         at::mm_out(gw, g.t(), unpack_impl(p, K, -1, ct, op));
       }
+    } else if (K * spike_kernels::kOuterStride * (int64_t)gw.element_size() <= kOuterMaxBytes &&
+               !(nibble_scan(density) && spike_kernels::bits_avx512())) {
+      if (ct == at::kFloat) outer_grad_weight<float>(p, g, K, gw);
+      else outer_grad_weight<double>(p, g, K, gw);
     } else {
       at::Tensor st = transpose_bits(p, K);  // [K, ceil(R/32)]
       if (ct == at::kFloat) {
         BitGemm<float> bg{reinterpret_cast<const uint32_t*>(st.data_ptr<int32_t>()), st.size(1), K, R,
                           g.data_ptr<float>(), N, 1, N, gw.data_ptr<float>(), 1, K, nullptr};
+        bg.nibbles = nibble_scan(density);
         run_bitgemm<float>(bg);
       } else {
         BitGemm<double> bg{reinterpret_cast<const uint32_t*>(st.data_ptr<int32_t>()), st.size(1), K, R,

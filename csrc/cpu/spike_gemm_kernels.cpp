@@ -36,6 +36,8 @@ constexpr int64_t kPanelBytes = 128 * 1024;
 // In-place row-major B (dY for dW): bytes of B rows per block (L2; 32 KiB to 256 KiB
 // measured within noise of each other on gemm-conv1x1).
 constexpr int64_t kDirectBytes = 128 * 1024;
+// Subset-sum tables of the nibble scan (4x the B rows they come from): L2.
+constexpr int64_t kTableBytes = 512 * 1024;
 // Portable kernel's column chunk.
 constexpr int64_t kGenericChunk = 64;
 
@@ -84,8 +86,8 @@ int64_t pack_task_rows(const BitGemm<T>& g, int64_t r0, int64_t r1, bool avx2) {
 }
 
 template <typename T>
-int64_t task_generic(const BitGemm<T>& g, int64_t r0, int64_t r1, int64_t n0, std::vector<T>& panel,
-                     std::vector<T>& tile) {
+int64_t task_generic(const BitGemm<T>& g, int64_t r0, int64_t r1, int64_t n0, AlignedVector<T>& panel,
+                     AlignedVector<T>& tile) {
   if (g.src) {
     const int64_t bad = pack_task_rows(g, r0, r1, false);
     if (bad >= 0) return bad;
@@ -122,6 +124,25 @@ int64_t task_generic(const BitGemm<T>& g, int64_t r0, int64_t r1, int64_t n0, st
   }
   write_tile<T>(g, tile.data(), NC, r0, rows, n0, nn);
   return -1;
+}
+
+template <typename T>
+void outer_generic(const uint32_t* S, int64_t K, const T* dY, int64_t ldy, int64_t m0, int64_t m1, int64_t n0,
+                   int64_t nn, T* P) {
+  const int64_t W = words_of(K);
+  for (int64_t m = m0; m < m1; ++m) {
+    const uint32_t* a = S + m * W;
+    const T* y = dY + m * ldy + n0;
+    for (int64_t w = 0; w < W; ++w) {
+      uint32_t bits = a[w];
+      if (w == W - 1) bits &= last_word_mask(K);
+      while (bits) {
+        T* p = P + (w * 32 + (int64_t)__builtin_ctz(bits)) * kOuterStride;
+        bits &= bits - 1;
+        for (int64_t j = 0; j < nn; ++j) p[j] += y[j];
+      }
+    }
+  }
 }
 
 #if SNN_HAVE_AVX2
@@ -202,6 +223,41 @@ SNN_AVX2_BITS static inline int64_t extract_bits(const uint32_t* a, int64_t w0, 
   return n;
 }
 
+// Table rows of the non-zero nibbles of words [w0, w1) of row a: nibble q (bits 4q..4q+3
+// counted from word w0) with value v != 0 gives 16 q + v. Returns the count; writes up
+// to 8 slots past it: idx needs (w1 - w0) * 8 + 8 entries.
+SNN_AVX2_BITS static inline int64_t extract_nibbles(const uint32_t* a, int64_t w0, int64_t w1, int64_t CW,
+                                                    uint32_t lastmask, int32_t* idx) {
+  constexpr uint64_t kLow = 0x1111111111111111ull;
+  int64_t n = 0;
+  for (int64_t w = w0; w < w1; w += 2) {
+    uint64_t lo = a[w];
+    if (w == CW - 1) lo &= lastmask;
+    uint64_t hi = 0;
+    if (w + 1 < w1) {
+      hi = a[w + 1];
+      if (w + 1 == CW - 1) hi &= lastmask;
+    }
+    const uint64_t x = lo | (hi << 32);
+    uint64_t nz = (x | (x >> 1) | (x >> 2) | (x >> 3)) & kLow;  // bit 4q set: nibble q non-zero
+    const int64_t cnt = (int64_t)_mm_popcnt_u64(nz);
+    const int32_t base = (int32_t)((w - w0) * 128);  // 8 nibbles x 16 rows per word
+    int32_t* o = idx + n;
+    for (int i = 0; i < 8; ++i) {  // fixed trip count: no mispredicted exit on the common case
+      const int64_t pos = (int64_t)_tzcnt_u64(nz);
+      o[i] = base + (int32_t)(pos * 4 + (int64_t)((x >> (pos & 63)) & 15u));
+      nz = _blsr_u64(nz);
+    }
+    for (int i = 8; nz != 0; ++i) {
+      const int64_t pos = (int64_t)_tzcnt_u64(nz);
+      o[i] = base + (int32_t)(pos * 4 + (int64_t)((x >> pos) & 15u));
+      nz = _blsr_u64(nz);
+    }
+    n += cnt;
+  }
+  return n;
+}
+
 // Rows [r0, r1) of A over one block of B rows (panel rows at stride lds): per row, the
 // set-bit list, then tile row = (first block ? init : tile row) + the indexed panel rows,
 // NC = 8 * NV columns held in NV AVX2 registers.
@@ -238,7 +294,7 @@ SNN_AVX2_BITS void scan_rows_avx2(const uint32_t* A, int64_t lda, int64_t r0, in
 #if SNN_HAVE_AVX512
 // The same with NZ AVX-512 registers of 16 floats (NC = 16 * NZ): half the loads and
 // adds per spike, on CPUs that have it (MKL uses it there too).
-template <int NZ>
+template <int NZ, bool NIB>
 SNN_AVX512_BITS void scan_rows_avx512(const uint32_t* A, int64_t lda, int64_t r0, int64_t r1, int64_t w0, int64_t w1,
                                       int64_t CW, uint32_t lastmask, int32_t* idx, const float* panel, int64_t lds,
                                       const float* init, float* tile, int64_t ldt, bool stream, const char* pf,
@@ -246,7 +302,8 @@ SNN_AVX512_BITS void scan_rows_avx512(const uint32_t* A, int64_t lda, int64_t r0
   for (int64_t r = r0; r < r1; ++r) {
     if (pf)  // the float spikes of the next rows to pack, fetched while these rows compute
       for (int64_t l = 0; l < pf_lines; ++l) _mm_prefetch(pf + (r - r0) * pf_stride + 64 * l, _MM_HINT_T0);
-    const int64_t n = extract_bits(A + r * lda, w0, w1, CW, lastmask, idx);
+    const int64_t n = NIB ? extract_nibbles(A + r * lda, w0, w1, CW, lastmask, idx)
+                          : extract_bits(A + r * lda, w0, w1, CW, lastmask, idx);
     float* t = tile + (r - r0) * ldt;
     const float* src = init ? init : t;
     // Two accumulator sets take alternate spikes: each add then waits on the add two
@@ -283,6 +340,95 @@ SNN_AVX512_BITS void scan_rows_avx512(const uint32_t* A, int64_t lda, int64_t r0
     }
   }
   if (stream) _mm_sfence();
+}
+#endif
+
+// outer_dw_task with the 64 columns of one dY row in 8 ymm / 4 zmm registers, added to
+// the P rows of the row's set bits (one load, add and store of P per vector).
+// Returns the dY row to use (a zero-padded copy for a last partial chunk).
+static inline const float* outer_row(const float* y, int64_t nn, float* pad) {
+  if (nn >= kOuterChunk) return y;
+  std::memcpy(pad, y, nn * sizeof(float));
+  std::fill(pad + nn, pad + kOuterChunk, 0.0f);
+  return pad;
+}
+
+SNN_AVX2_BITS void outer_avx2(const uint32_t* S, int64_t K, const float* dY, int64_t ldy, int64_t m0, int64_t m1,
+                              int64_t n0, int64_t nn, float* P, int32_t* idx) {
+  constexpr int64_t NC = kOuterChunk;
+  const int64_t W = words_of(K);
+  const uint32_t lastmask = last_word_mask(K);
+  alignas(64) float pad[NC];
+  for (int64_t m = m0; m < m1; ++m) {
+    const int64_t n = extract_bits(S + m * W, 0, W, W, lastmask, idx);
+    if (n == 0) continue;
+    const float* y = outer_row(dY + m * ldy + n0, nn, pad);
+    __m256 yv[8];
+#pragma GCC unroll 8
+    for (int v = 0; v < 8; ++v) yv[v] = _mm256_loadu_ps(y + 8 * v);
+    for (int64_t i = 0; i < n; ++i) {
+      float* p = P + (int64_t)idx[i] * kOuterStride;
+#pragma GCC unroll 8
+      for (int v = 0; v < 8; ++v) _mm256_storeu_ps(p + 8 * v, _mm256_add_ps(_mm256_loadu_ps(p + 8 * v), yv[v]));
+    }
+  }
+}
+
+#if SNN_HAVE_AVX512
+SNN_AVX512_BITS void outer_avx512(const uint32_t* S, int64_t K, const float* dY, int64_t ldy, int64_t m0, int64_t m1,
+                                  int64_t n0, int64_t nn, float* P, int32_t* idx) {
+  constexpr int64_t NC = kOuterChunk;
+  const int64_t W = words_of(K);
+  const uint32_t lastmask = last_word_mask(K);
+  alignas(64) float pad[NC];
+  for (int64_t m = m0; m < m1; ++m) {
+    const int64_t n = extract_bits(S + m * W, 0, W, W, lastmask, idx);
+    if (n == 0) continue;
+    {  // the dY row 16 ahead (a stride of N floats the prefetcher may not follow for N > 64)
+      const char* f = reinterpret_cast<const char*>(dY + std::min(m + 16, m1 - 1) * ldy + n0);
+      for (int l = 0; l < 4; ++l) _mm_prefetch(f + 64 * l, _MM_HINT_T0);
+    }
+    const float* y = outer_row(dY + m * ldy + n0, nn, pad);
+    const __m512 y0 = _mm512_loadu_ps(y), y1 = _mm512_loadu_ps(y + 16);
+    const __m512 y2 = _mm512_loadu_ps(y + 32), y3 = _mm512_loadu_ps(y + 48);
+    for (int64_t i = 0; i < n; ++i) {
+      float* p = P + (int64_t)idx[i] * kOuterStride;
+      _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), y0));
+      _mm512_storeu_ps(p + 16, _mm512_add_ps(_mm512_loadu_ps(p + 16), y1));
+      _mm512_storeu_ps(p + 32, _mm512_add_ps(_mm512_loadu_ps(p + 32), y2));
+      _mm512_storeu_ps(p + 48, _mm512_add_ps(_mm512_loadu_ps(p + 48), y3));
+    }
+  }
+}
+#endif
+
+#if SNN_HAVE_AVX512
+// table[(16 q + v) * NC, + NC) = sum of the B rows 4q + i (i < 4, bit i of v set) read
+// from src (row c at src + c * lds, rows >= cc count as zero), for q < ceil(cc / 4):
+// each of the 15 non-zero subsets is one earlier subset plus one row.
+template <int NZ>
+SNN_AVX512_BITS void build_table(const float* src, int64_t lds, int64_t cc, float* table) {
+  constexpr int64_t NC = 16 * NZ;
+  const int64_t ng = (cc + 3) / 4;
+  for (int64_t q = 0; q < ng; ++q) {
+    float* tq = table + q * 16 * NC;
+#pragma GCC unroll 8
+    for (int v = 0; v < NZ; ++v) _mm512_store_ps(tq + 16 * v, _mm512_setzero_ps());
+    for (int64_t v = 1; v < 16; ++v) {
+      const int64_t i = __builtin_ctzll((unsigned long long)v), c = 4 * q + i;
+      const float* prev = tq + (v & (v - 1)) * NC;
+      float* dst = tq + v * NC;
+      if (c < cc) {
+        const float* row = src + c * lds;
+#pragma GCC unroll 8
+        for (int z = 0; z < NZ; ++z)
+          _mm512_store_ps(dst + 16 * z, _mm512_add_ps(_mm512_load_ps(prev + 16 * z), _mm512_loadu_ps(row + 16 * z)));
+      } else {
+#pragma GCC unroll 8
+        for (int z = 0; z < NZ; ++z) _mm512_store_ps(dst + 16 * z, _mm512_load_ps(prev + 16 * z));
+      }
+    }
+  }
 }
 #endif
 
@@ -328,13 +474,16 @@ SNN_AVX2_BITS int64_t task_avx2(const BitGemm<float>& g, int64_t r0, int64_t r1,
     tile = ws.tile_f.data();
     ldt = NC;
   }
+  const bool nib = AVX512 && g.nibbles;
   int64_t cb = std::max<int64_t>(32, ((direct_b ? kDirectBytes : kPanelBytes) / (NC * 4)) / 32 * 32);
+  if (nib) cb = std::max<int64_t>(32, (kTableBytes / (NC * 4 * 4)) / 32 * 32);
   if (cb >= g.C) cb = g.C;
   if (g.C == 0) {
     for (int64_t r = 0; r < rows; ++r) std::memcpy(tile + r * ldt, init, NC * sizeof(float));  // (nothing to pack)
   } else {
     if (ws.idx.size() < (size_t)(words_of(cb) * 32 + 64)) ws.idx.resize(words_of(cb) * 32 + 64);
     if (!direct_b && ws.panel_f.size() < (size_t)(cb * NC)) ws.panel_f.resize(cb * NC);
+    if (nib && ws.table_f.size() < (size_t)(words_of(cb) * 128 * NC)) ws.table_f.resize(words_of(cb) * 128 * NC);
     int32_t* idx = ws.idx.data();
     for (int64_t c0 = 0; c0 < g.C; c0 += cb) {
       const int64_t cc = std::min(cb, g.C - c0);
@@ -348,6 +497,15 @@ SNN_AVX2_BITS int64_t task_avx2(const BitGemm<float>& g, int64_t r0, int64_t r1,
         panel = ws.panel_f.data();
         lds = NC;
       }
+#if SNN_HAVE_AVX512
+      if constexpr (AVX512) {
+        if (nib) {
+          build_table<NV / 2>(panel, lds, cc, ws.table_f.data());
+          panel = ws.table_f.data();
+          lds = NC;
+        }
+      }
+#endif
       const int64_t w0 = c0 / 32, w1 = words_of(c0 + cc);
       const float* first = c0 == 0 ? init : nullptr;
       // The last pass writes a large output that is not read again soon: streaming
@@ -371,8 +529,12 @@ SNN_AVX2_BITS int64_t task_avx2(const BitGemm<float>& g, int64_t r0, int64_t r1,
         const int64_t pf_lines = fetch ? std::min<int64_t>(words_of(g.C) * 2, (g.src_ld * 4 + 63) / 64) : 0;
 #if SNN_HAVE_AVX512
         if constexpr (AVX512) {
-          scan_rows_avx512<NV / 2>(g.A, g.lda, s0, s1, w0, w1, CW, lastmask, idx, panel, lds, first, tsub, ldt, stream,
-                                   pf, g.src_ld * 4, pf_lines);
+          if (nib)
+            scan_rows_avx512<NV / 2, true>(g.A, g.lda, s0, s1, w0, w1, CW, lastmask, idx, panel, lds, first, tsub, ldt,
+                                           stream, pf, g.src_ld * 4, pf_lines);
+          else
+            scan_rows_avx512<NV / 2, false>(g.A, g.lda, s0, s1, w0, w1, CW, lastmask, idx, panel, lds, first, tsub,
+                                            ldt, stream, pf, g.src_ld * 4, pf_lines);
           continue;
         }
 #endif
@@ -388,14 +550,18 @@ SNN_AVX2_BITS int64_t task_avx2(const BitGemm<float>& g, int64_t r0, int64_t r1,
     // Transposed output (dW): out[n * ldo_n + r], contiguous in r. Transpose the tile in
     // cache first, then write whole output row segments (streamed when the output is
     // large): scattered 32-byte pieces measured slower on the 64 MiB dW of gemm-fc.
-    ws.tile2_f.resize(nn * rows + 8);
+    // The transposed rows are 16 floats longer than `rows`: with rows a multiple of 1024
+    // they were 4 KiB apart, all in one L1 set (the transpose and the copy-out of the
+    // gemm-fc dW ran 2x slower).
+    const int64_t ldtt = (rows + 15) / 16 * 16 + 16;
+    ws.tile2_f.resize(nn * ldtt + 16);
     float* tt = ws.tile2_f.data();
     const int64_t r8 = rows / 8 * 8, n8 = nn / 8 * 8;
     for (int64_t r = 0; r < r8; r += 8)
-      for (int64_t j = 0; j < n8; j += 8) transpose8x8(tile + r * NC + j, NC, tt + j * rows + r, rows);
+      for (int64_t j = 0; j < n8; j += 8) transpose8x8(tile + r * NC + j, NC, tt + j * ldtt + r, ldtt);
     for (int64_t j = 0; j < nn; ++j)
-      for (int64_t r = (j < n8 ? r8 : 0); r < rows; ++r) tt[j * rows + r] = tile[r * NC + j];
-    for (int64_t j = 0; j < nn; ++j) copy_row(g.out + (n0 + j) * g.ldo_n + r0, tt + j * rows, rows, stream_out);
+      for (int64_t r = (j < n8 ? r8 : 0); r < rows; ++r) tt[j * ldtt + r] = tile[r * NC + j];
+    for (int64_t j = 0; j < nn; ++j) copy_row(g.out + (n0 + j) * g.ldo_n + r0, tt + j * ldtt, rows, stream_out);
   } else {
     write_tile<float>(g, tile, NC, r0, rows, n0, nn);
   }
@@ -585,6 +751,29 @@ int64_t bitgemm_task(const BitGemm<float>& g, int64_t r0, int64_t r1, int64_t n0
 int64_t bitgemm_task(const BitGemm<double>& g, int64_t r0, int64_t r1, int64_t n0, bool avx2, Workspace& ws) {
   (void)avx2;
   return task_generic<double>(g, r0, r1, n0, ws.panel_d, ws.tile_d);
+}
+
+void outer_dw_task(const uint32_t* S, int64_t K, const float* dY, int64_t ldy, int64_t m0, int64_t m1, int64_t n0,
+                   int64_t nn, float* P, bool avx2, Workspace& ws) {
+#if SNN_HAVE_AVX2
+  if (avx2) {
+    if (ws.idx.size() < (size_t)(words_of(K) * 32 + 64)) ws.idx.resize(words_of(K) * 32 + 64);
+#if SNN_HAVE_AVX512
+    if (bits_avx512()) return outer_avx512(S, K, dY, ldy, m0, m1, n0, nn, P, ws.idx.data());
+#endif
+    return outer_avx2(S, K, dY, ldy, m0, m1, n0, nn, P, ws.idx.data());
+  }
+#endif
+  (void)avx2;
+  (void)ws;
+  outer_generic<float>(S, K, dY, ldy, m0, m1, n0, nn, P);
+}
+
+void outer_dw_task(const uint32_t* S, int64_t K, const double* dY, int64_t ldy, int64_t m0, int64_t m1, int64_t n0,
+                   int64_t nn, double* P, bool avx2, Workspace& ws) {
+  (void)avx2;
+  (void)ws;
+  outer_generic<double>(S, K, dY, ldy, m0, m1, n0, nn, P);
 }
 
 void transpose_bits_block(const uint32_t* src, int64_t R, int64_t W, int64_t K, int64_t rw, int64_t w,

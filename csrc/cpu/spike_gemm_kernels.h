@@ -11,7 +11,9 @@
 // task owns its outputs, so tasks run on any threads without atomics.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <new>
 #include <vector>
 
 namespace snnops {
@@ -31,12 +33,35 @@ struct BitGemm {
   // (N <= bitgemm_chunk), so that exactly one task packs each row.
   const float* src = nullptr;
   int64_t src_ld = 0;
+  // AVX-512 only: scan groups of 4 bits (nibbles) against a table of the 16 subset sums
+  // of each group's 4 B rows: one table row per non-zero nibble instead of one B row per
+  // set bit (at density 0.5, 30 table rows for 128 bits instead of 64 B rows). For dense
+  // enough spikes; the caller decides (spike_gemm.cpp, measured).
+  bool nibbles = false;
 };
+
+// 64-byte aligned storage for the scratch vectors: panel and tile rows are then whole
+// cache lines (std::vector's 16-byte alignment split every AVX-512 access over two lines).
+template <typename T>
+struct CacheLineAllocator {
+  using value_type = T;
+  CacheLineAllocator() = default;
+  template <typename U>
+  CacheLineAllocator(const CacheLineAllocator<U>&) {}
+  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64))); }
+  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t(64)); }
+  template <typename U>
+  bool operator==(const CacheLineAllocator<U>&) const { return true; }
+  template <typename U>
+  bool operator!=(const CacheLineAllocator<U>&) const { return false; }
+};
+template <typename T>
+using AlignedVector = std::vector<T, CacheLineAllocator<T>>;
 
 // Scratch of one thread (panels, index lists, tiles); reused across its tasks.
 struct Workspace {
-  std::vector<float> panel_f, tile_f, tile2_f;
-  std::vector<double> panel_d, tile_d;
+  AlignedVector<float> panel_f, tile_f, tile2_f, table_f;
+  AlignedVector<double> panel_d, tile_d;
   std::vector<int32_t> idx;
 };
 
@@ -47,6 +72,21 @@ int64_t bitgemm_chunk(int64_t N, bool avx2);
 // fused packing r * C + k for a value src[r, k] that is not 0 or 1 (nothing computed).
 int64_t bitgemm_task(const BitGemm<float>& g, int64_t r0, int64_t r1, int64_t n0, bool avx2, Workspace& ws);
 int64_t bitgemm_task(const BitGemm<double>& g, int64_t r0, int64_t r1, int64_t n0, bool avx2, Workspace& ws);
+
+// dW by outer products, for a dW^T small enough to stay in cache (K * kOuterChunk floats):
+//     P[k * kOuterStride + j] += sum over rows m in [m0, m1) with bit k of S row m set of dY[m, n0 + j]
+// for j < nn (columns nn..NC of P are left as they are), NC = kOuterChunk. S [M, ceil(K/32)]
+// is read row by row as packed (no bit transpose), dY [M, N] (row stride ldy) streams
+// through once, a row's NC values in registers, added to the P rows of its set bits (P
+// stays in L1/L2). The caller zeroes P and sums the partials of its row blocks.
+constexpr int64_t kOuterChunk = 64;
+// P's row stride: 16 floats of padding, so that the rows of bits k and k + 16 are not 4 KiB
+// apart (a load 4 KiB from a pending store waits for it).
+constexpr int64_t kOuterStride = kOuterChunk + 16;
+void outer_dw_task(const uint32_t* S, int64_t K, const float* dY, int64_t ldy, int64_t m0, int64_t m1, int64_t n0,
+                   int64_t nn, float* P, bool avx2, Workspace& ws);
+void outer_dw_task(const uint32_t* S, int64_t K, const double* dY, int64_t ldy, int64_t m0, int64_t m1, int64_t n0,
+                   int64_t nn, double* P, bool avx2, Workspace& ws);
 
 // Bit-matrix transpose of packed rows: src [R, W] (row stride W) -> dst [K, ceil(R/32)],
 // for the 32-row group rw and word column w (one 32x32 block).
