@@ -37,6 +37,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <new>
 #include <vector>
 
 #include "cpu/simd.h"
@@ -48,6 +49,25 @@ namespace snnops {
 namespace {
 
 using tt::gemm_rows;
+
+// Weights and band scratch on 64-byte boundaries: with rows a multiple of 16 floats
+// apart, every zmm load and store of the GEMMs then stays inside one cache line
+// (malloc's 16-byte alignment made most of them line splits).
+template <typename T>
+struct Aligned64 {
+  using value_type = T;
+  Aligned64() = default;
+  template <typename U>
+  Aligned64(const Aligned64<U>&) {}
+  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64))); }
+  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t(64)); }
+  template <typename U>
+  bool operator==(const Aligned64<U>&) const { return true; }
+  template <typename U>
+  bool operator!=(const Aligned64<U>&) const { return false; }
+};
+template <typename T>
+using avec = std::vector<T, Aligned64<T>>;
 
 // A strided [N, C, H, W] tensor.
 template <typename T>
@@ -152,12 +172,12 @@ const int64_t kZeroTap[1] = {0};
 // [tap][out][in]. PTT taps carry the 1/2 of the mean.
 template <typename T>
 struct Packed {
-  std::vector<T> ptt_f, ptt_b;  // [5][r][r]
-  std::vector<T> g2_f, g2_b;    // [3][r1][r2], [3][r2][r1]
-  std::vector<T> g3_f, g3_b;    // [3][r2][r3], [3][r3][r2]
-  std::vector<T> g4_f;          // [r3][cout]   (G4^T)
-  std::vector<T> g4_b;          // [cout][r3]   (G4)
-  std::vector<T> g1, g1_t;      // [r1][cin] (G1), [cin][r1] (G1^T), tt_conv only
+  avec<T> ptt_f, ptt_b;  // [5][r][r]
+  avec<T> g2_f, g2_b;    // [3][r1][r2], [3][r2][r1]
+  avec<T> g3_f, g3_b;    // [3][r2][r3], [3][r3][r2]
+  avec<T> g4_f;          // [r3][cout]   (G4^T)
+  avec<T> g4_b;          // [cout][r3]   (G4)
+  avec<T> g1, g1_t;      // [r1][cin] (G1), [cin][r1] (G1^T), tt_conv only
 };
 
 template <typename T>
@@ -364,7 +384,7 @@ int64_t pack_rows(const Problem& pb, int64_t n, int64_t lo, int64_t hi, uint32_t
 // computed by G1 from the packed spikes (packed here first when given as floats).
 template <typename T>
 void fill_input(const Problem& pb, const Packed<T>& P, const View4<const T>& o, T* buf, const Band& b, int64_t n0,
-                int64_t lo, int64_t hi, std::vector<T>& tmp, std::vector<uint32_t>& bit_tmp) {
+                int64_t lo, int64_t hi, avec<T>& tmp, std::vector<uint32_t>& bit_tmp) {
   if (pb.bits == nullptr) return fill_padded<T>(buf, pb.r1, b, o, n0, lo, hi);
   std::memset(buf, 0, sizeof(T) * b.buffer_pixels() * pb.r1);
   lo = std::max<int64_t>(lo, 0);
@@ -402,7 +422,7 @@ void fill_input(const Problem& pb, const Packed<T>& P, const View4<const T>& o, 
 // ---------------------------------------------------------------- forward
 template <typename T>
 struct FwdScratch {
-  std::vector<T> opad, mid, p, ytile, tmp;
+  avec<T> opad, mid, p, ytile, tmp;
   std::vector<uint32_t> bits;
   std::vector<T*> arow, crow, prow;
 };
@@ -578,7 +598,7 @@ void g1_grad_scatter(const Problem& pb, const uint32_t* A, int64_t R, const T* g
 template <typename T>
 struct BwdScratch {
   FwdScratch<T> f;
-  std::vector<T> gy, gp, g2, go, go_t;
+  avec<T> gy, gp, g2, go, go_t;
   std::vector<T*> gyrow, gprow, g2row, orow, tmp;
 };
 
@@ -599,7 +619,7 @@ AccLayout acc_layout(const Problem& pb) {
   }
   L.g4 = pb.has_g4 ? pb.r3 * pb.cout : 0;
   L.g1 = pb.bits ? pb.cin * pb.r1 : 0;  // dG1^T [cin][r1]
-  L.total = L.taps_a + L.taps_b + L.g4 + L.g1;
+  L.total = (L.taps_a + L.taps_b + L.g4 + L.g1 + 15) / 16 * 16;  // each thread's slot 64-byte aligned
   return L;
 }
 
@@ -622,7 +642,7 @@ void tap_weight_grad(int isa, const Band& b, const T* act, int64_t ci, const Tap
 
 template <typename T>
 void block_backward(const Problem& pb, const Packed<T>& P, const View4<const T>& gy_in, const uint8_t* idx,
-                    const View4<const T>& o, const Grads<T>& need, T* go_out, T* gx_out, std::vector<T>& acc_all) {
+                    const View4<const T>& o, const Grads<T>& need, T* go_out, T* gx_out, avec<T>& acc_all) {
   const int isa = tt::isa_level();
   const AccLayout L = acc_layout(pb);
   const int64_t slots = std::max<int64_t>(1, at::get_num_threads());
@@ -858,11 +878,11 @@ at::Tensor ptt_conv_cpu(const at::Tensor& o, const at::Tensor& w2, const at::Ten
 }
 
 template <typename T>
-void write_weight_grads(const Problem& pb, const std::vector<T>& acc_all, int64_t slots, at::Tensor& gw2,
+void write_weight_grads(const Problem& pb, const avec<T>& acc_all, int64_t slots, at::Tensor& gw2,
                         at::Tensor& gw3, at::Tensor* gw4, bool need2, bool need3, bool need4,
                         at::Tensor* gg1 = nullptr) {
   const AccLayout L = acc_layout(pb);
-  std::vector<T> acc(L.total, T(0));
+  avec<T> acc(L.total, T(0));
   for (int64_t s = 0; s < slots; ++s)
     for (int64_t i = 0; i < L.total; ++i) acc[i] += acc_all[s * L.total + i];
   T* g2 = need2 ? gw2.data_ptr<T>() : nullptr;  // [r2][r1][3]
@@ -920,7 +940,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ptt_conv_bwd_cpu(const at::Tensor
   at::Tensor g = grad.to(o.scalar_type());
   AT_DISPATCH_FLOATING_TYPES(o.scalar_type(), "ptt_conv_bwd", [&] {
     const auto P = pack_weights<scalar_t>(w2.contiguous(), w3.contiguous(), at::Tensor(), true, false, true);
-    std::vector<scalar_t> acc;
+    avec<scalar_t> acc;
     scalar_t* gop = mask[0] ? go.data_ptr<scalar_t>() : nullptr;
     block_backward<scalar_t>(pb, P, cview4<scalar_t>(g), nullptr, cview4<scalar_t>(o),
                              Grads<scalar_t>{mask[0], mask[1], mask[2], false}, gop, nullptr, acc);
@@ -989,7 +1009,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tt_block_bwd_cpu(
   if (pool) g = g.contiguous(at::MemoryFormat::ChannelsLast);
   AT_DISPATCH_FLOATING_TYPES(o.scalar_type(), "tt_block_bwd", [&] {
     const auto P = pack_weights<scalar_t>(w2.contiguous(), w3.contiguous(), w4.contiguous(), parallel, true, true);
-    std::vector<scalar_t> acc;
+    avec<scalar_t> acc;
     scalar_t* gop = mask[0] ? go.data_ptr<scalar_t>() : nullptr;
     block_backward<scalar_t>(pb, P, cview4<scalar_t>(g), pool ? pidx.data_ptr<uint8_t>() : nullptr,
                              cview4<scalar_t>(o), Grads<scalar_t>{mask[0], mask[1], mask[2], mask[3]}, gop, nullptr,
@@ -1138,7 +1158,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> tt_conv_b
   AT_DISPATCH_FLOATING_TYPES(g1.scalar_type(), "tt_conv_bwd", [&] {
     auto P = pack_weights<scalar_t>(w2.contiguous(), w3.contiguous(), w4.contiguous(), parallel, true, true);
     pack_g1<scalar_t>(P, g1.contiguous());
-    std::vector<scalar_t> acc;
+    avec<scalar_t> acc;
     Grads<scalar_t> need{false, mask[2], mask[3], mask[4]};
     need.x = mask[0];
     need.g1 = mask[1];

@@ -247,9 +247,9 @@ SNN_AVX512 inline void tile_rows_avx512(int64_t mr, bool masked, int64_t K, cons
 
 // All rows over columns [j0, j0 + 16 * NV) (the last vector masked when `masked`).
 template <int MR, int NV>
-SNN_AVX512 inline void column_block_avx512(int64_t M, bool masked, int64_t K, const float* const* arow, int64_t ask,
-                                           const int64_t* toff, int ntaps, const float* B, int64_t ldb,
-                                           float* const* crow, int64_t j0, __mmask16 mask, bool acc) {
+SNN_AVX512 inline void rows_avx512(int64_t M, bool masked, int64_t K, const float* const* arow, int64_t ask,
+                                   const int64_t* toff, int ntaps, const float* B, int64_t ldb, float* const* crow,
+                                   int64_t j0, __mmask16 mask, bool acc) {
   int64_t i0 = 0;
   if (masked) {
     for (; i0 + MR <= M; i0 += MR)
@@ -260,6 +260,33 @@ SNN_AVX512 inline void column_block_avx512(int64_t M, bool masked, int64_t K, co
   }
   if (i0 < M)
     tile_rows_avx512<MR, NV>(M - i0, masked, K, arow + i0, ask, toff, ntaps, B, ldb, crow + i0, j0, mask, acc);
+}
+
+// One column block, its B panel (ntaps * K rows of 16 * NV floats) cut into chunks of
+// about 32 KiB that stay in L1 while every row tile passes over them (the partial
+// sums are added into C). Without the cut, a 5-tap r = 176 panel (225 KiB) streamed
+// from L2 on every row tile: the B loads were the kernel's hot spot in a profile.
+template <int MR, int NV>
+SNN_AVX512 inline void column_block_avx512(int64_t M, bool masked, int64_t K, const float* const* arow, int64_t ask,
+                                           const int64_t* toff, int ntaps, const float* B, int64_t ldb,
+                                           float* const* crow, int64_t j0, __mmask16 mask, bool acc) {
+  const int64_t kc = std::max<int64_t>(64, 8192 / NV);
+  if ((int64_t)ntaps * K <= kc)
+    return rows_avx512<MR, NV>(M, masked, K, arow, ask, toff, ntaps, B, ldb, crow, j0, mask, acc);
+  if (K <= kc) {  // whole taps per chunk
+    const int per = (int)std::max<int64_t>(1, kc / K);
+    for (int t0 = 0; t0 < ntaps; t0 += per)
+      rows_avx512<MR, NV>(M, masked, K, arow, ask, toff + t0, std::min(per, ntaps - t0), B + t0 * K * ldb, ldb,
+                          crow, j0, mask, acc || t0 > 0);
+    return;
+  }
+  const int64_t pieces = ceil_div(K, kc), kk = ceil_div(K, pieces);
+  for (int t = 0; t < ntaps; ++t)
+    for (int64_t k0 = 0; k0 < K; k0 += kk) {
+      const int64_t off = toff[t] + k0 * ask;
+      rows_avx512<MR, NV>(M, masked, std::min(kk, K - k0), arow, ask, &off, 1, B + (t * K + k0) * ldb, ldb, crow,
+                          j0, mask, acc || t > 0 || k0 > 0);
+    }
 }
 
 // Columns [j0, N) in blocks of NV vectors, then one block of the 1..NV-1 vectors left.
