@@ -97,7 +97,7 @@ def implementations(s, w, gy, paths=False):
         "dW": lambda: ops.spike_gemm_bwd(gy, p, w, False, True, False),
     }
     if paths:
-        for name in ("fwd packed", "dW"):
+        for name in ("fwd float", "fwd packed", "dW"):
             base = fw[name]
             fw[f"{name} [bits]"] = _with_path(base, "bits")
             fw[f"{name} [dense]"] = _with_path(base, "dense")
@@ -180,7 +180,8 @@ def main(argv=None):
             ("ms[mkl fwd]", "mkl fwd ms", "{:.2f}"), ("x[fwd float]", "x fwd float", "{:.2f}"),
             ("x[fwd packed]", "x fwd packed", "{:.2f}")]
     if args.paths:
-        cols += [("x[fwd packed [bits]]", "x bits", "{:.2f}"), ("x[fwd packed [dense]]", "x dense", "{:.2f}")]
+        cols += [("x[fwd float [bits]]", "x float bits", "{:.2f}"), ("x[fwd float [dense]]", "x float dense", "{:.2f}"),
+                 ("x[fwd packed [bits]]", "x bits", "{:.2f}"), ("x[fwd packed [dense]]", "x dense", "{:.2f}")]
     cols += [("ms[mkl dW]", "mkl dW ms", "{:.2f}"), ("x[dW]", "x dW", "{:.2f}")]
     if args.paths:
         cols += [("x[dW [bits]]", "x dW bits", "{:.2f}"), ("x[dW [dense]]", "x dW dense", "{:.2f}")]

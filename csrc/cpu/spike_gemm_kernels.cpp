@@ -292,16 +292,51 @@ SNN_AVX2_BITS void scan_rows_avx2(const uint32_t* A, int64_t lda, int64_t r0, in
 }
 
 #if SNN_HAVE_AVX512
+// pack_row_f32 with AVX-512 compares into mask registers (16 features per compare, no
+// movemask); false when a value is neither 0 nor 1 (the caller finds it).
+SNN_AVX512_BITS static inline bool pack_row_avx512(const float* x, int64_t K, uint32_t* words) {
+  const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
+  __mmask16 ok = 0xFFFF;
+  const int64_t full = K / 32;
+  for (int64_t w = 0; w < full; ++w) {
+    const __m512 v0 = _mm512_loadu_ps(x + 32 * w), v1 = _mm512_loadu_ps(x + 32 * w + 16);
+    const __mmask16 e0 = _mm512_cmp_ps_mask(v0, one, _CMP_EQ_OQ), e1 = _mm512_cmp_ps_mask(v1, one, _CMP_EQ_OQ);
+    ok &= (__mmask16)((e0 | _mm512_cmp_ps_mask(v0, zero, _CMP_EQ_OQ)) & (e1 | _mm512_cmp_ps_mask(v1, zero, _CMP_EQ_OQ)));
+    words[w] = (uint32_t)e0 | ((uint32_t)e1 << 16);
+  }
+  const int64_t rem = K - 32 * full;
+  if (rem > 0) {  // masked loads: the lanes past K read as 0
+    const uint32_t m = (uint32_t)((1ull << rem) - 1);
+    const __mmask16 m0 = (__mmask16)(m & 0xFFFF), m1 = (__mmask16)(m >> 16);
+    const __m512 v0 = _mm512_maskz_loadu_ps(m0, x + 32 * full), v1 = _mm512_maskz_loadu_ps(m1, x + 32 * full + 16);
+    const __mmask16 e0 = _mm512_cmp_ps_mask(v0, one, _CMP_EQ_OQ), e1 = _mm512_cmp_ps_mask(v1, one, _CMP_EQ_OQ);
+    ok &= (__mmask16)((e0 | _mm512_cmp_ps_mask(v0, zero, _CMP_EQ_OQ)) & (e1 | _mm512_cmp_ps_mask(v1, zero, _CMP_EQ_OQ)));
+    words[full] = ((uint32_t)e0 | ((uint32_t)e1 << 16)) & m;
+  }
+  return ok == 0xFFFF;
+}
+
 // The same with NZ AVX-512 registers of 16 floats (NC = 16 * NZ): half the loads and
 // adds per spike, on CPUs that have it (MKL uses it there too).
-template <int NZ, bool NIB>
-SNN_AVX512_BITS void scan_rows_avx512(const uint32_t* A, int64_t lda, int64_t r0, int64_t r1, int64_t w0, int64_t w1,
-                                      int64_t CW, uint32_t lastmask, int32_t* idx, const float* panel, int64_t lds,
-                                      const float* init, float* tile, int64_t ldt, bool stream, const char* pf,
-                                  int64_t pf_stride, int64_t pf_lines) {
+// PACK (forward from float spikes): row r is first packed from the floats psrc + r *
+// psrc_ld (K of them) into A, with the floats `pf_rows` rows ahead prefetched, so that the
+// loads of the floats overlap the additions of earlier rows row by row (packing blocks
+// of rows before scanning them left the memory idle during the adds). Returns -1, or the
+// first row holding a value other than 0 or 1 (nothing after it is computed).
+template <int NZ, bool NIB, bool PACK>
+SNN_AVX512_BITS int64_t scan_rows_avx512(const uint32_t* A, int64_t lda, int64_t r0, int64_t r1, int64_t w0,
+                                         int64_t w1, int64_t CW, uint32_t lastmask, int32_t* idx, const float* panel,
+                                         int64_t lds, const float* init, float* tile, int64_t ldt, bool stream,
+                                         const float* psrc, int64_t psrc_ld, int64_t pk, int64_t pf_rows) {
+  const int64_t pf_lines = PACK ? (CW * 128 + 63) / 64 : 0;
   for (int64_t r = r0; r < r1; ++r) {
-    if (pf)  // the float spikes of the next rows to pack, fetched while these rows compute
-      for (int64_t l = 0; l < pf_lines; ++l) _mm_prefetch(pf + (r - r0) * pf_stride + 64 * l, _MM_HINT_T0);
+    if constexpr (PACK) {
+      if (r + pf_rows < r1) {
+        const char* f = reinterpret_cast<const char*>(psrc + (r + pf_rows) * psrc_ld);
+        for (int64_t l = 0; l < pf_lines; ++l) _mm_prefetch(f + 64 * l, _MM_HINT_T0);
+      }
+      if (!pack_row_avx512(psrc + r * psrc_ld, pk, const_cast<uint32_t*>(A + r * lda))) return r;
+    }
     const int64_t n = NIB ? extract_nibbles(A + r * lda, w0, w1, CW, lastmask, idx)
                           : extract_bits(A + r * lda, w0, w1, CW, lastmask, idx);
     float* t = tile + (r - r0) * ldt;
@@ -340,6 +375,7 @@ SNN_AVX512_BITS void scan_rows_avx512(const uint32_t* A, int64_t lda, int64_t r0
     }
   }
   if (stream) _mm_sfence();
+  return -1;
 }
 #endif
 
@@ -515,6 +551,22 @@ SNN_AVX2_BITS int64_t task_avx2(const BitGemm<float>& g, int64_t r0, int64_t r1,
       // Fused packing: 64 rows at a time, packed then scanned while their words are in
       // L1, so reading the float spikes overlaps the arithmetic (a separate packing
       // pass measured as a fifth of the forward on gemm-conv1x1).
+#if SNN_HAVE_AVX512
+      if constexpr (AVX512) {
+        if (g.src && c0 == 0) {
+          // The floats of the rows 32 KiB ahead are prefetched (4 to 64 KiB measured
+          // within noise of each other on gemm-tt-in and gemm-conv1x1).
+          const int64_t pf_rows = std::max<int64_t>(4, 32768 / std::max<int64_t>(1, g.src_ld * 4));
+          const int64_t bad =
+              nib ? scan_rows_avx512<NV / 2, true, true>(g.A, g.lda, r0, r1, w0, w1, CW, lastmask, idx, panel, lds,
+                                                         first, tile, ldt, stream, g.src, g.src_ld, g.C, pf_rows)
+                  : scan_rows_avx512<NV / 2, false, true>(g.A, g.lda, r0, r1, w0, w1, CW, lastmask, idx, panel, lds,
+                                                          first, tile, ldt, stream, g.src, g.src_ld, g.C, pf_rows);
+          if (bad >= 0) return pack_task_rows(g, bad, bad + 1, true);
+          continue;
+        }
+      }
+#endif
       const int64_t sub = (g.src && c0 == 0) ? 64 : rows;
       for (int64_t s0 = r0; s0 < r1; s0 += sub) {
         const int64_t s1 = std::min(r1, s0 + sub);
@@ -530,11 +582,11 @@ SNN_AVX2_BITS int64_t task_avx2(const BitGemm<float>& g, int64_t r0, int64_t r1,
 #if SNN_HAVE_AVX512
         if constexpr (AVX512) {
           if (nib)
-            scan_rows_avx512<NV / 2, true>(g.A, g.lda, s0, s1, w0, w1, CW, lastmask, idx, panel, lds, first, tsub, ldt,
-                                           stream, pf, g.src_ld * 4, pf_lines);
+            scan_rows_avx512<NV / 2, true, false>(g.A, g.lda, s0, s1, w0, w1, CW, lastmask, idx, panel, lds, first,
+                                                  tsub, ldt, stream, nullptr, 0, 0, 0);
           else
-            scan_rows_avx512<NV / 2, false>(g.A, g.lda, s0, s1, w0, w1, CW, lastmask, idx, panel, lds, first, tsub,
-                                            ldt, stream, pf, g.src_ld * 4, pf_lines);
+            scan_rows_avx512<NV / 2, false, false>(g.A, g.lda, s0, s1, w0, w1, CW, lastmask, idx, panel, lds, first,
+                                                   tsub, ldt, stream, nullptr, 0, 0, 0);
           continue;
         }
 #endif
