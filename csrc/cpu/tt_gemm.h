@@ -158,15 +158,15 @@ SNN_AVX2 inline void gemm_rows_avx2(int64_t M, int64_t N, int64_t K, const float
 
 // ------------------------------------------------------------------ AVX-512
 // Register tiles of MR rows x NV zmm vectors (16 columns each), chosen by the width N
-// so that every tile keeps 16-24 accumulators busy (the FMA latency is 4 cycles on 2
-// ports: at least 8 independent accumulators, more to cover the broadcast loads):
-//   N > 48: 6 x 4 (24 acc, 4 B vectors, 32 regs minus 4 spare)
-//   N > 32: 8 x 3 (24 acc)
-//   N > 16: 8 x 2 (16 acc)       N <= 16: 8 x 1 (8 acc)
-// The A element is a broadcast folded into the FMA's memory operand, so the only
-// register cost per row is its pointer; more than 8 rows made GCC spill the row
-// pointers (each spill is one more load per broadcast) and measured slower.
-template <int MR, int NV, bool MASKED>
+// (mr_for below) so that every tile keeps 16-24 accumulators busy (FMA latency 4
+// cycles on 2 ports: at least 8 independent chains, more to cover the broadcasts):
+//   N > 48: 6 x 4 (24 acc + 4 B vectors)     N > 32: 8 x 3 (24 acc)
+//   N > 16: 8 x 2 (16 acc)                   N <= 16: 8 x 1, two k steps (16 acc)
+// The A element is a broadcast folded into the FMA's memory operand, so each row
+// costs one general register for its pointer, and 8 rows is what the 16 general
+// registers hold beside the loop's own. Rows one element apart (weight gradients)
+// need a single pointer: 12 x 2 and 12 x 1 (two k steps) there, 24 accumulators.
+template <int MR, int NV, bool MASKED, bool UNIT>
 SNN_AVX512 inline void tile_avx512(int64_t K, const float* const* arow, int64_t ask, const int64_t* toff,
                                    int ntaps, const float* B, int64_t ldb, float* const* crow, int64_t j,
                                    __mmask16 mask, bool accumulate) {
@@ -176,7 +176,10 @@ SNN_AVX512 inline void tile_avx512(int64_t K, const float* const* arow, int64_t 
   const float* b = B + j;
   for (int t = 0; t < ntaps; ++t) {
     const float* ap[MR];
-    for (int i = 0; i < MR; ++i) ap[i] = arow[i] + toff[t];
+    // UNIT: row i starts one element after row i - 1 (weight gradients: the rows are
+    // consecutive channels of a pixel), so one base register plus constant
+    // displacements address every row and 16 rows fit without spilling pointers.
+    for (int i = 0; i < MR; ++i) ap[i] = (UNIT ? arow[0] + i : arow[i]) + toff[t];
     if (ask == 1) {
       int64_t k = 0;
       if constexpr (NV == 1) {
@@ -204,7 +207,22 @@ SNN_AVX512 inline void tile_avx512(int64_t K, const float* const* arow, int64_t 
         }
       }
     } else {
-      for (int64_t k = 0; k < K; ++k, b += ldb) {
+      int64_t k = 0;
+      if constexpr (NV == 1) {  // as above
+        __m512 d[MR];
+        for (int i = 0; i < MR; ++i) d[i] = _mm512_setzero_ps();
+        for (; k + 1 < K; k += 2, b += 2 * ldb) {
+          const __m512 b0 = MASKED ? _mm512_maskz_loadu_ps(mask, b) : _mm512_loadu_ps(b);
+          const __m512 b1 = MASKED ? _mm512_maskz_loadu_ps(mask, b + ldb) : _mm512_loadu_ps(b + ldb);
+          const int64_t ko = k * ask;
+          for (int i = 0; i < MR; ++i) {
+            c[i][0] = _mm512_fmadd_ps(_mm512_set1_ps(ap[i][ko]), b0, c[i][0]);
+            d[i] = _mm512_fmadd_ps(_mm512_set1_ps(ap[i][ko + ask]), b1, d[i]);
+          }
+        }
+        for (int i = 0; i < MR; ++i) c[i][0] = _mm512_add_ps(c[i][0], d[i]);
+      }
+      for (; k < K; ++k, b += ldb) {
         __m512 bv[NV];
         for (int v = 0; v < NV; ++v)
           bv[v] = (MASKED && v == NV - 1) ? _mm512_maskz_loadu_ps(mask, b + 16 * v) : _mm512_loadu_ps(b + 16 * v);
@@ -231,52 +249,52 @@ SNN_AVX512 inline void tile_avx512(int64_t K, const float* const* arow, int64_t 
 }
 
 // Rows 1..MR of a tile of NV vectors (the last one masked when `masked`).
-template <int MR, int NV>
+template <int MR, int NV, bool UNIT>
 SNN_AVX512 inline void tile_rows_avx512(int64_t mr, bool masked, int64_t K, const float* const* arow, int64_t ask,
                                         const int64_t* toff, int ntaps, const float* B, int64_t ldb,
                                         float* const* crow, int64_t j, __mmask16 mask, bool acc) {
   if constexpr (MR > 1) {
     if (mr < MR)
-      return tile_rows_avx512<MR - 1, NV>(mr, masked, K, arow, ask, toff, ntaps, B, ldb, crow, j, mask, acc);
+      return tile_rows_avx512<MR - 1, NV, UNIT>(mr, masked, K, arow, ask, toff, ntaps, B, ldb, crow, j, mask, acc);
   }
   if (masked)
-    tile_avx512<MR, NV, true>(K, arow, ask, toff, ntaps, B, ldb, crow, j, mask, acc);
+    tile_avx512<MR, NV, true, UNIT>(K, arow, ask, toff, ntaps, B, ldb, crow, j, mask, acc);
   else
-    tile_avx512<MR, NV, false>(K, arow, ask, toff, ntaps, B, ldb, crow, j, mask, acc);
+    tile_avx512<MR, NV, false, UNIT>(K, arow, ask, toff, ntaps, B, ldb, crow, j, mask, acc);
 }
 
 // All rows over columns [j0, j0 + 16 * NV) (the last vector masked when `masked`).
-template <int MR, int NV>
+template <int MR, int NV, bool UNIT>
 SNN_AVX512 inline void rows_avx512(int64_t M, bool masked, int64_t K, const float* const* arow, int64_t ask,
                                    const int64_t* toff, int ntaps, const float* B, int64_t ldb, float* const* crow,
                                    int64_t j0, __mmask16 mask, bool acc) {
   int64_t i0 = 0;
   if (masked) {
     for (; i0 + MR <= M; i0 += MR)
-      tile_avx512<MR, NV, true>(K, arow + i0, ask, toff, ntaps, B, ldb, crow + i0, j0, mask, acc);
+      tile_avx512<MR, NV, true, UNIT>(K, arow + i0, ask, toff, ntaps, B, ldb, crow + i0, j0, mask, acc);
   } else {
     for (; i0 + MR <= M; i0 += MR)
-      tile_avx512<MR, NV, false>(K, arow + i0, ask, toff, ntaps, B, ldb, crow + i0, j0, mask, acc);
+      tile_avx512<MR, NV, false, UNIT>(K, arow + i0, ask, toff, ntaps, B, ldb, crow + i0, j0, mask, acc);
   }
   if (i0 < M)
-    tile_rows_avx512<MR, NV>(M - i0, masked, K, arow + i0, ask, toff, ntaps, B, ldb, crow + i0, j0, mask, acc);
+    tile_rows_avx512<MR, NV, UNIT>(M - i0, masked, K, arow + i0, ask, toff, ntaps, B, ldb, crow + i0, j0, mask, acc);
 }
 
 // One column block, its B panel (ntaps * K rows of 16 * NV floats) cut into chunks of
 // about 32 KiB that stay in L1 while every row tile passes over them (the partial
 // sums are added into C). Without the cut, a 5-tap r = 176 panel (225 KiB) streamed
 // from L2 on every row tile: the B loads were the kernel's hot spot in a profile.
-template <int MR, int NV>
+template <int MR, int NV, bool UNIT>
 SNN_AVX512 inline void column_block_avx512(int64_t M, bool masked, int64_t K, const float* const* arow, int64_t ask,
                                            const int64_t* toff, int ntaps, const float* B, int64_t ldb,
                                            float* const* crow, int64_t j0, __mmask16 mask, bool acc) {
   const int64_t kc = std::max<int64_t>(64, 8192 / NV);
   if ((int64_t)ntaps * K <= kc)
-    return rows_avx512<MR, NV>(M, masked, K, arow, ask, toff, ntaps, B, ldb, crow, j0, mask, acc);
+    return rows_avx512<MR, NV, UNIT>(M, masked, K, arow, ask, toff, ntaps, B, ldb, crow, j0, mask, acc);
   if (K <= kc) {  // whole taps per chunk
     const int per = (int)std::max<int64_t>(1, kc / K);
     for (int t0 = 0; t0 < ntaps; t0 += per)
-      rows_avx512<MR, NV>(M, masked, K, arow, ask, toff + t0, std::min(per, ntaps - t0), B + t0 * K * ldb, ldb,
+      rows_avx512<MR, NV, UNIT>(M, masked, K, arow, ask, toff + t0, std::min(per, ntaps - t0), B + t0 * K * ldb, ldb,
                           crow, j0, mask, acc || t0 > 0);
     return;
   }
@@ -284,47 +302,69 @@ SNN_AVX512 inline void column_block_avx512(int64_t M, bool masked, int64_t K, co
   for (int t = 0; t < ntaps; ++t)
     for (int64_t k0 = 0; k0 < K; k0 += kk) {
       const int64_t off = toff[t] + k0 * ask;
-      rows_avx512<MR, NV>(M, masked, std::min(kk, K - k0), arow, ask, &off, 1, B + (t * K + k0) * ldb, ldb, crow,
+      rows_avx512<MR, NV, UNIT>(M, masked, std::min(kk, K - k0), arow, ask, &off, 1, B + (t * K + k0) * ldb, ldb, crow,
                           j0, mask, acc || t > 0 || k0 > 0);
     }
 }
 
-// Columns [j0, N) in blocks of NV vectors, then one block of the 1..NV-1 vectors left.
-template <int MR, int NV>
-SNN_AVX512 inline void columns_avx512(int64_t M, int64_t N, int64_t j0, int64_t K, const float* const* arow,
-                                      int64_t ask, const int64_t* toff, int ntaps, const float* B, int64_t ldb,
-                                      float* const* crow, bool acc) {
+// Rows per tile for NV vectors (see the table above the tile).
+constexpr int mr_for(int nv, bool unit) { return nv >= 4 ? 6 : nv == 3 ? 8 : unit ? 12 : 8; }
+
+// Columns in blocks of NV vectors (the last vector masked when N % 16), then one block
+// of the 1..NV-1 vectors left.
+template <int NV, bool UNIT>
+SNN_AVX512 inline void columns_avx512(int64_t M, int64_t N, int64_t K, const float* const* arow, int64_t ask,
+                                      const int64_t* toff, int ntaps, const float* B, int64_t ldb, float* const* crow,
+                                      bool acc) {
   const int64_t rem = N % 16;
   const __mmask16 mask = rem ? (__mmask16)((1u << rem) - 1) : (__mmask16)0xFFFF;
-  const int64_t Np = ceil_div(N, 16) * 16;  // the last vector may be partial (masked)
+  const int64_t Np = ceil_div(N, 16) * 16;
+  int64_t j0 = 0;
   for (; j0 + 16 * NV <= Np; j0 += 16 * NV) {
     const bool masked = rem && j0 + 16 * NV == Np;
-    column_block_avx512<MR, NV>(M, masked, K, arow, ask, toff, ntaps, B, ldb, crow, j0, mask, acc);
+    column_block_avx512<mr_for(NV, UNIT), NV, UNIT>(M, masked, K, arow, ask, toff, ntaps, B, ldb, crow, j0, mask,
+                                                    acc);
   }
-  if (j0 < N) {  // the last 1..NV-1 vectors
+  if (j0 < N) {
     const bool masked = rem != 0;
-    switch (ceil_div(N - j0, 16)) {
-      case 1: return column_block_avx512<MR, 1>(M, masked, K, arow, ask, toff, ntaps, B, ldb, crow, j0, mask, acc);
-      case 2: return column_block_avx512<MR, 2>(M, masked, K, arow, ask, toff, ntaps, B, ldb, crow, j0, mask, acc);
-      default: return column_block_avx512<MR, 3>(M, masked, K, arow, ask, toff, ntaps, B, ldb, crow, j0, mask, acc);
+    switch ((Np - j0) / 16) {
+      case 1:
+        return column_block_avx512<mr_for(1, UNIT), 1, UNIT>(M, masked, K, arow, ask, toff, ntaps, B, ldb, crow, j0,
+                                                             mask, acc);
+      case 2:
+        return column_block_avx512<mr_for(2, UNIT), 2, UNIT>(M, masked, K, arow, ask, toff, ntaps, B, ldb, crow, j0,
+                                                             mask, acc);
+      default:
+        return column_block_avx512<mr_for(3, UNIT), 3, UNIT>(M, masked, K, arow, ask, toff, ntaps, B, ldb, crow, j0,
+                                                             mask, acc);
     }
   }
+}
+
+template <bool UNIT>
+SNN_AVX512 inline void gemm_width_avx512(int64_t M, int64_t N, int64_t K, const float* const* arow, int64_t ask,
+                                         const int64_t* toff, int ntaps, const float* B, int64_t ldb,
+                                         float* const* crow, bool acc) {
+  if (N > 48)
+    columns_avx512<4, UNIT>(M, N, K, arow, ask, toff, ntaps, B, ldb, crow, acc);
+  else if (N > 32)
+    columns_avx512<3, UNIT>(M, N, K, arow, ask, toff, ntaps, B, ldb, crow, acc);
+  else if (N > 16)
+    columns_avx512<2, UNIT>(M, N, K, arow, ask, toff, ntaps, B, ldb, crow, acc);
+  else
+    columns_avx512<1, UNIT>(M, N, K, arow, ask, toff, ntaps, B, ldb, crow, acc);
 }
 
 SNN_AVX512 inline void gemm_rows_avx512(int64_t M, int64_t N, int64_t K, const float* const* arow, int64_t ask,
                                         const int64_t* toff, int ntaps, const float* B, int64_t ldb,
                                         float* const* crow, bool accumulate) {
   if (M <= 0 || N <= 0) return;
-  // The column blocks walk outside the rows: a block's B panel (ntaps*K x 16*NV
-  // floats) stays in L1/L2 while every row tile passes over it.
-  if (N > 48)
-    columns_avx512<6, 4>(M, N, 0, K, arow, ask, toff, ntaps, B, ldb, crow, accumulate);
-  else if (N > 32)
-    columns_avx512<8, 3>(M, N, 0, K, arow, ask, toff, ntaps, B, ldb, crow, accumulate);
-  else if (N > 16)
-    columns_avx512<8, 2>(M, N, 0, K, arow, ask, toff, ntaps, B, ldb, crow, accumulate);
+  bool unit = true;
+  for (int64_t i = 1; i < M && unit; ++i) unit = arow[i] == arow[0] + i;
+  if (unit)
+    gemm_width_avx512<true>(M, N, K, arow, ask, toff, ntaps, B, ldb, crow, accumulate);
   else
-    columns_avx512<8, 1>(M, N, 0, K, arow, ask, toff, ntaps, B, ldb, crow, accumulate);
+    gemm_width_avx512<false>(M, N, K, arow, ask, toff, ntaps, B, ldb, crow, accumulate);
 }
 #endif  // SNN_HAVE_AVX2
 
