@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _util  # noqa: E402
+from bench_tt_conv import forced_isa  # noqa: E402
 
 import snnops  # noqa: E402
 from snnops.models import DEFAULT_RANKS  # noqa: E402
@@ -55,11 +56,18 @@ def measure(spec, mode="ptt", rounds=9):
         layer.backend = "reference"
         torch.autograd.grad(layer(x), [x, *params], grad)
 
-    times = _util.interleave({"fused": fused, "oneDNN": onednn}, rounds=rounds, min_time=0.0)
-    return {"layer": name, "shape": f"{cin}->{cout} r{rank} {size}x{size}" + (" pool" if pool else ""),
-            "fused_ms": 1e3 * statistics.median(times["fused"]),
-            "onednn_ms": 1e3 * statistics.median(times["oneDNN"]),
-            "speedup": _util.median_ratio(times, "oneDNN", "fused")}
+    impls = {"fused": fused, "oneDNN": onednn}
+    if snnops.cpu_isa() == "avx512":  # the fused kernels on their AVX2 path, same run
+        impls["fused AVX2"] = forced_isa(fused, "avx2")
+    times = _util.interleave(impls, rounds=rounds, min_time=0.0)
+    row = {"layer": name, "shape": f"{cin}->{cout} r{rank} {size}x{size}" + (" pool" if pool else ""),
+           "fused_ms": 1e3 * statistics.median(times["fused"]),
+           "onednn_ms": 1e3 * statistics.median(times["oneDNN"]),
+           "speedup": _util.median_ratio(times, "oneDNN", "fused")}
+    if "fused AVX2" in times:
+        row["avx2_ms"] = 1e3 * statistics.median(times["fused AVX2"])
+        row["x vs AVX2 path"] = _util.median_ratio(times, "fused AVX2", "fused")
+    return row
 
 
 def main(argv=None):
@@ -70,13 +78,19 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     info = _util.machine()
+    info["load_average"] = os.getloadavg()  # the machine is shared: say how loaded it was
     print(f"snnops MS-ResNet18 TT layers ({args.mode}, T={STEPS}, batch {BATCH}): threads={info['threads']}, "
-          f"cpu kernels {snnops.cpu_isa()}, rounds={args.rounds}")
+          f"cpu kernels {snnops.cpu_isa()}, rounds={args.rounds}, "
+          f"load average {info['load_average'][0]:.1f}")
     rows = [measure(spec, args.mode, args.rounds) for spec in layers()]
-    _util.print_table(rows, [("layer", "layer", "{}"), ("shape", "shape", "{}"), ("fused_ms", "fused ms", "{:.1f}"),
-                             ("onednn_ms", "oneDNN ms", "{:.1f}"), ("speedup", "x (oneDNN/fused)", "{:.2f}")],
+    cols = [("layer", "layer", "{}"), ("shape", "shape", "{}"), ("fused_ms", "fused ms", "{:.1f}"),
+            ("onednn_ms", "oneDNN ms", "{:.1f}"), ("speedup", "x (oneDNN/fused)", "{:.2f}")]
+    if "x vs AVX2 path" in rows[0]:
+        cols.append(("x vs AVX2 path", "x (AVX2 path/fused)", "{:.2f}"))
+    _util.print_table(rows, cols,
                       title="forward+backward of one layer, median of interleaved per-round ratios")
-    path = _util.save_json(f"models-{args.mode}", {"machine": info, "rows": rows})
+    path = _util.save_json(f"models-{args.mode}" + ("" if args.threads == 2 else f"-{args.threads}thread"),
+                           {"machine": info, "rows": rows})
     print(f"saved {path}")
     return rows
 

@@ -116,16 +116,36 @@ def htt_case(r, backward, timesteps=4):
                                              "separate convs": htt.macs(tuple(x.shape))}
 
 
+def forced_isa(fn, isa):
+    """fn run on a lower kernel family (SNNOPS_CPU_ISA is read on every op call)."""
+    def run():
+        old = os.environ.get("SNNOPS_CPU_ISA")
+        os.environ["SNNOPS_CPU_ISA"] = isa
+        try:
+            fn()
+        finally:
+            if old is None:
+                del os.environ["SNNOPS_CPU_ISA"]
+            else:
+                os.environ["SNNOPS_CPU_ISA"] = old
+    return run
+
+
 def make_case(shape_id, backward):
     if shape_id.startswith("ptt-r"):
-        return ptt_case(int(shape_id[5:]), backward)
-    if shape_id.startswith("tt-block-r"):
-        return layer_case(int(shape_id[10:]), backward)
-    if shape_id.startswith("stt-block-r"):
-        return layer_case(int(shape_id[11:]), backward, mode="stt")
-    if shape_id.startswith("htt-T4-r"):
-        return htt_case(int(shape_id[8:]), backward)
-    raise ValueError(f"unknown shape {shape_id}")
+        impls, macs, ref_macs = ptt_case(int(shape_id[5:]), backward)
+    elif shape_id.startswith("tt-block-r"):
+        impls, macs, ref_macs = layer_case(int(shape_id[10:]), backward)
+    elif shape_id.startswith("stt-block-r"):
+        impls, macs, ref_macs = layer_case(int(shape_id[11:]), backward, mode="stt")
+    elif shape_id.startswith("htt-T4-r"):
+        impls, macs, ref_macs = htt_case(int(shape_id[8:]), backward)
+    else:
+        raise ValueError(f"unknown shape {shape_id}")
+    if snnops.cpu_isa() == "avx512":  # what the AVX-512 kernels add, same run
+        impls["snnops AVX2"] = forced_isa(impls["snnops"], "avx2")
+        ref_macs["snnops AVX2"] = macs
+    return impls, macs, ref_macs
 
 
 def measure(shape_id, backward, rounds=10):
@@ -182,8 +202,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     info = _util.machine()
+    info["load_average"] = os.getloadavg()  # the machine is shared: say how loaded it was
     print(f"snnops TT conv benchmark: threads={info['threads']}, torch {info['torch']}, "
-          f"cpu kernels {snnops.cpu_isa()}, rounds={args.rounds}")
+          f"cpu kernels {snnops.cpu_isa()}, rounds={args.rounds}, "
+          f"load average {info['load_average'][0]:.1f}")
     rows = []
     for shape_id in args.shapes:
         for mode in args.passes:
@@ -198,9 +220,10 @@ def main(argv=None):
     cols += [(f"GFLOPs[{r}]", f"GF/s {r}", "{:.0f}") for r in refs]
     _util.print_table(rows, cols, title="median of interleaved per-round ratios (x > 1: snnops faster); "
                                         "GFLOP/s from the TT multiply-adds (dense ones for 3x3 convs)")
-    path = _util.save_json("tt_conv", {"machine": info, "density": DENSITY, "rows": rows})
+    path = _util.save_json("tt_conv" if args.threads == 2 else f"tt_conv-{args.threads}thread",
+                           {"machine": info, "density": DENSITY, "rows": rows})
     print(f"saved {path}")
-    png = plot(rows, os.path.join(_util.RESULTS_DIR, "tt_conv_rank.png"))
+    png = plot(rows, os.path.join(_util.RESULTS_DIR, "tt_conv_rank.png" if args.threads == 2 else f"tt_conv_rank-{args.threads}thread.png"))
     if png:
         print(f"saved {png}")
     return rows
