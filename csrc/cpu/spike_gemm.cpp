@@ -63,20 +63,17 @@ Path forced_path() {
   return Path::kAuto;
 }
 
-// Density (fraction of set bits) above which the dense MKL path is faster, measured with
-// bench/bench_spike_gemm.py --paths (1 thread, densities 0.1-0.5, docs/spike_gemm.md);
-// the crossings moved by about 0.1 between runs on this shared machine.
-//  - from float spikes the dense path costs MKL plus the packing kept for backward,
-//    done block by block while MKL reads the same rows from cache;
-//  - from packed spikes it unpacks blocks into cache first; the bit-scan stayed ahead of
-//    it up to 0.5 with N = 64 and 128 (gemm-tt-in, gemm-conv1x1), to about 0.35 with
-//    N = 4096 (gemm-fc);
-//  - dW: the bit-scan writes dW through a transposed tile; with a wide output (gemm-fc,
-//    a 64 MiB dW) that write dominates and MKL was ahead from 0.15; with N = 64 from
-//    about 0.45; with N = 128 the bit-scan stayed ahead up to 0.5.
-constexpr double kDenseForwardFloat = 0.4;
-inline double dense_forward_packed(int64_t N) { return N >= 1024 ? 0.35 : 0.6; }
-inline double dense_grad_weight(int64_t N) { return N >= 1024 ? 0.15 : N >= 128 ? 0.6 : 0.45; }
+// Density (fraction of set bits) above which the dense MKL path is faster, measured on
+// the AVX-512 machine with bench/bench_spike_gemm.py --threads 1 --paths (densities 0.1
+// to 0.9, docs/spike_gemm.md). The dense path is MKL plus unpacking (or, from float
+// spikes, packing for backward) block by block, so it runs at 0.5-1.0x of MKL on float
+// spikes; the nibble scan (from density 0.3) stayed ahead of it at every density up to
+// 0.9 on gemm-conv1x1 and gemm-tt-in, forward and dW. On gemm-fc (N = 4096, 128 rows) the
+// two forwards were within noise of each other from 0.5 on (0.9-1.4x MKL), and its dW
+// bit-scan (with the huge-page output) stayed ahead or level.
+inline double dense_forward_float(int64_t N) { return N >= 1024 ? 0.6 : 0.95; }
+inline double dense_forward_packed(int64_t N) { return N >= 1024 ? 0.6 : 0.95; }
+inline double dense_grad_weight(int64_t) { return 0.95; }
 
 // Nibble scan (BitGemm::nibbles, AVX-512) from this density on.
 constexpr double kNibbleDensity = 0.3;
@@ -623,7 +620,7 @@ std::tuple<at::Tensor, at::Tensor> spike_gemm_cpu(const at::Tensor& spikes, cons
       const float* row = src + ((i * R) / S) * K;
       for (int64_t k = 0; k < K; ++k) ones += row[k] == 1.0f;
     }
-    const bool dense = use_dense((double)ones / (double)(S * K), kDenseForwardFloat);
+    const bool dense = use_dense((double)ones / (double)(S * K), dense_forward_float(N));
     const int64_t W = packed_words(K);
     at::Tensor packed = at::empty(moved_shape(spikes.sizes(), dim, W), spikes.options().dtype(at::kInt));
     std::vector<int64_t> shape(packed.sizes().begin(), packed.sizes().end() - 1);
@@ -655,8 +652,8 @@ std::tuple<at::Tensor, at::Tensor> spike_gemm_cpu(const at::Tensor& spikes, cons
   at::Tensor packed = pack_impl(spikes, dim, &nnz, op);
   const double density = (R * K) != 0 ? (double)nnz / (double)(R * K) : 0.0;
   at::Tensor dense_rows;
-  if (K > 0 && R > 0 && use_dense(density, kDenseForwardFloat)) dense_rows = spikes.movedim(dim, -1).reshape({R, K});
-  at::Tensor out = forward_from_packed(packed, weight, bias, nnz, dense_rows, kDenseForwardFloat);
+  if (K > 0 && R > 0 && use_dense(density, dense_forward_float(N))) dense_rows = spikes.movedim(dim, -1).reshape({R, K});
+  at::Tensor out = forward_from_packed(packed, weight, bias, nnz, dense_rows, dense_forward_float(N));
   return {out, packed};
 }
 
