@@ -570,6 +570,46 @@ SNN_AVX2 void g1_scatter_avx2(const Problem& pb, const uint32_t* A, int64_t R, c
     }
   }
 }
+
+// The same with zmm rows: up to 128 channels of go per pass in 8 registers.
+template <int NV>
+SNN_AVX512 void g1_scatter_pass_avx512(const Problem& pb, const uint32_t* A, int64_t R, const float* go, float* acc,
+                                       int64_t j0, __mmask16 tail) {
+  const int64_t r = pb.r1;
+  for (int64_t i = 0; i < R; ++i) {
+    __m512 g[NV];
+    for (int v = 0; v < NV; ++v)
+      g[v] = v == NV - 1 ? _mm512_maskz_loadu_ps(tail, go + i * r + j0 + 16 * v) : _mm512_loadu_ps(go + i * r + j0 + 16 * v);
+    for (int64_t wd = 0; wd < pb.words; ++wd) {
+      uint32_t m = A[i * pb.words + wd];
+      while (m) {
+        float* d = acc + (wd * 32 + __builtin_ctz(m)) * r + j0;
+        m &= m - 1;
+        for (int v = 0; v < NV - 1; ++v) _mm512_storeu_ps(d + 16 * v, _mm512_add_ps(_mm512_loadu_ps(d + 16 * v), g[v]));
+        float* e = d + 16 * (NV - 1);
+        _mm512_mask_storeu_ps(e, tail, _mm512_add_ps(_mm512_maskz_loadu_ps(tail, e), g[NV - 1]));
+      }
+    }
+  }
+}
+
+SNN_AVX512 void g1_scatter_avx512(const Problem& pb, const uint32_t* A, int64_t R, const float* go, float* acc) {
+  for (int64_t j0 = 0; j0 < pb.r1; j0 += 128) {
+    const int64_t nb = std::min<int64_t>(128, pb.r1 - j0);
+    const int64_t rem = nb % 16;
+    const __mmask16 tail = rem ? (__mmask16)((1u << rem) - 1) : (__mmask16)0xFFFF;
+    switch (ceil_div(nb, 16)) {
+      case 1: g1_scatter_pass_avx512<1>(pb, A, R, go, acc, j0, tail); break;
+      case 2: g1_scatter_pass_avx512<2>(pb, A, R, go, acc, j0, tail); break;
+      case 3: g1_scatter_pass_avx512<3>(pb, A, R, go, acc, j0, tail); break;
+      case 4: g1_scatter_pass_avx512<4>(pb, A, R, go, acc, j0, tail); break;
+      case 5: g1_scatter_pass_avx512<5>(pb, A, R, go, acc, j0, tail); break;
+      case 6: g1_scatter_pass_avx512<6>(pb, A, R, go, acc, j0, tail); break;
+      case 7: g1_scatter_pass_avx512<7>(pb, A, R, go, acc, j0, tail); break;
+      default: g1_scatter_pass_avx512<8>(pb, A, R, go, acc, j0, tail); break;
+    }
+  }
+}
 #endif
 
 // dG1^T[c][:] += go[i][:] for every set bit c of row i (work in proportion to the spikes).
@@ -577,6 +617,7 @@ template <typename T>
 void g1_grad_scatter(const Problem& pb, const uint32_t* A, int64_t R, const T* go, T* acc) {
 #if SNN_HAVE_AVX2
   if constexpr (std::is_same<T, float>::value) {
+    if (use_avx512()) return g1_scatter_avx512(pb, A, R, go, acc);
     if (use_avx2()) return g1_scatter_avx2(pb, A, R, go, acc);
   }
 #endif
