@@ -165,7 +165,7 @@ def measure(shape_id, backward, rounds=10):
     return row
 
 
-def plot(rows, path):
+def plot(rows, path, threads=2):
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -180,11 +180,13 @@ def plot(rows, path):
             continue
         ranks = [int(r["shape"][10:]) for r in sel]
         ax.plot(ranks, [r["snnops_ms"] for r in sel], "o-", label="snnops fused TT block")
-        for name in ("separate convs", "merged 3x3", "dense 3x3"):
-            ax.plot(ranks, [r[f"ms[{name}]"] for r in sel], "s--", label=name)
+        for name in ("snnops AVX2", "separate convs", "merged 3x3", "dense 3x3"):
+            if all(f"ms[{name}]" in r for r in sel):
+                ax.plot(ranks, [r[f"ms[{name}]"] for r in sel], "s--", label=name if name != "snnops AVX2"
+                        else "snnops fused, AVX2 path")
         ax.set_xlabel("rank r")
         ax.set_ylabel("ms (median)")
-        ax.set_title(f"TT layer 128->128, [128,128,16,16], {mode}")
+        ax.set_title(f"TT layer 128->128 on [128,128,16,16]: {mode}, threads={threads}", fontsize=9)
         ax.set_xticks(ranks)
         ax.set_yscale("log")
         ax.legend(fontsize=8)
@@ -223,7 +225,8 @@ def main(argv=None):
     path = _util.save_json("tt_conv" if args.threads == 2 else f"tt_conv-{args.threads}thread",
                            {"machine": info, "density": DENSITY, "rows": rows})
     print(f"saved {path}")
-    png = plot(rows, os.path.join(_util.RESULTS_DIR, "tt_conv_rank.png" if args.threads == 2 else f"tt_conv_rank-{args.threads}thread.png"))
+    png = plot(rows, os.path.join(_util.RESULTS_DIR, "tt_conv_rank.png" if args.threads == 2
+                                  else f"tt_conv_rank-{args.threads}thread.png"), args.threads)
     if png:
         print(f"saved {png}")
     return rows
