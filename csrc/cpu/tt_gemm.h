@@ -9,9 +9,11 @@
 // taps whose offsets move A by whole pixels inside a zero-padded channels-last buffer;
 // a weight gradient makes rows of channels and runs k over pixels (ask = channels).
 //
-// AVX2 register tile: 6 rows x 16 columns (12 accumulators, 2 B vectors and one
-// broadcast: 15 of the 16 ymm registers), the classic shape that keeps both FMA ports
-// busy while issuing 8 loads per 12 FMAs.
+// Three kernel families, chosen at run time by the caller (isa_level()): AVX-512
+// (register tiles picked by the width, L1-sized B chunks; see its section below), AVX2
+// and portable C++ (also float64). AVX2 register tile: 6 rows x 16 columns (12
+// accumulators, 2 B vectors and one broadcast: 15 of the 16 ymm registers), the
+// classic shape that keeps both FMA ports busy while issuing 8 loads per 12 FMAs.
 #pragma once
 
 #include <algorithm>
