@@ -191,6 +191,22 @@ def test_packed_spikes_output(cpu_isa, shape, dim):
     assert x.grad.shape == x.shape
 
 
+@pytest.mark.parametrize("surrogate,v_reset,detach", [("rect", 0.0, True), ("atan", 0.0, False), ("rect", None, True),
+                                                       ("sigmoid", None, False)])
+@pytest.mark.parametrize("dtype,grad", [(torch.float32, True), (torch.float32, False), (torch.float64, True)])
+def test_packed_spikes_written_by_the_kernel(cpu_isa, surrogate, v_reset, detach, dtype, grad):
+    # Packing along the last dim of a size divisible by 32: the kernels write the words as
+    # the neurons fire (flat bit order), in every configuration, across several blocks
+    # and both threads' ranges (3 * 50 * 96 = 14400 neurons per step).
+    x = (torch.randn(4, 3, 50, 96, dtype=dtype) * 0.8).requires_grad_(grad)
+    s, _, packed = snnops.lif(x, decay=0.25, v_threshold=0.5, v_reset=v_reset, surrogate=surrogate,
+                              detach_reset=detach, pack_dim=-1)
+    assert torch.equal(packed, reference.pack_spikes(s.detach(), 3))
+    expect, _ = reference.lif(x.detach(), decay=0.25, input_scale=1.0, v_threshold=0.5, v_reset=v_reset,
+                              surrogate=snnops.surrogate.get(surrogate), detach_reset=detach)
+    assert torch.equal(s.detach(), expect)
+
+
 def test_packed_spikes_feed_a_spike_layer():
     x = (torch.randn(3, 4, 40) * 0.8).requires_grad_()
     w = torch.randn(7, 40, requires_grad=True)
