@@ -380,6 +380,8 @@ def tt_conv_bwd(grad_y, packed, g1, w2, w3, w4, pool_index, parallel, schedule, 
     go, g2, g3, g4 = tt_block_bwd(grad_y, o, w2, w3, w4, pool_index, parallel, schedule, pool_after,
                                   [need_o, output_mask[2], output_mask[3], output_mask[4]])
     empty = g1.new_empty(0)
-    gx = taps(go, g1[:, :, 0, 0][None], ONE_TAP, g1.shape[1]).contiguous() if output_mask[0] else empty
+    # channels-last, as the CPU op returns it (the spikes' layout in the models)
+    gx = (taps(go, g1[:, :, 0, 0][None], ONE_TAP, g1.shape[1]).contiguous(memory_format=torch.channels_last)
+          if output_mask[0] else empty)
     gg1 = tap_wgrad(s, go, ONE_TAP)[0].t()[:, :, None, None].contiguous() if output_mask[1] else empty
     return gx, gg1, g2, g3, g4

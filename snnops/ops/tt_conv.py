@@ -77,7 +77,7 @@ def _ref_tt_conv(packed, x, g1, w2, w3, w4, parallel, schedule, pool):
 def _ref_tt_conv_bwd(grad_y, packed, g1, w2, w3, w4, pool_index, parallel, schedule, pool, output_mask):
     gx, g1g, g2, g3, g4 = reference.tt_conv_bwd(grad_y, packed, g1, w2, w3, w4, pool_index, parallel, schedule,
                                                 pool, output_mask)
-    return gx.contiguous(), g1g, g2, g3, g4
+    return _cl(gx), g1g, g2, g3, g4
 
 
 def _triton(name):
@@ -170,7 +170,7 @@ def _tt_conv_fake(packed, x, g1, w2, w3, w4, parallel, schedule, pool):
 @torch.library.register_fake("snnops::tt_conv_bwd")
 def _tt_conv_bwd_fake(grad_y, packed, g1, w2, w3, w4, pool_index, parallel, schedule, pool, output_mask):
     n, h, w, _ = packed.shape
-    gx = g1.new_empty((n, g1.shape[1], h, w)) if output_mask[0] else g1.new_empty(0)
+    gx = _empty_cl((n, g1.shape[1], h, w), g1) if output_mask[0] else g1.new_empty(0)
     return (gx, _grad_or_empty(output_mask[1], g1), _grad_or_empty(output_mask[2], w2),
             _grad_or_empty(output_mask[3], w3), _grad_or_empty(output_mask[4], w4))
 
