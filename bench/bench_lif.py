@@ -117,9 +117,10 @@ def measure(shape_id, cfg_name, rounds=15, with_compile=True):
     ours = statistics.median(times["snnops"])
     # bytes the fused op must move: forward reads x and writes fp32 spikes, backward
     # reads the incoming gradient and writes grad_x (4 B each), plus the saved state
-    # written and read back (2 bits here), or x read again when it is what is kept.
+    # written and read back (2 bits here), or x read again when it is what is kept,
+    # plus the last membrane the forward returns (4 B per neuron, once per sequence).
     bits = saved_bits(impls["snnops"], x)
-    per_neuron = 16 + (2 * bits / 8 if bits < 32 else 4)
+    per_neuron = 16 + (2 * bits / 8 if bits < 32 else 4) + 4 / shape[0]
     moved = per_neuron * x.numel()
     copied = 8 * x.numel()
     copy_bw = copied / statistics.median(times["copy"])
