@@ -290,25 +290,12 @@ print(json.dumps(dict(fma=count(r"\bfma\.", fwd + bwd + fin), mul=count(r"\bmul\
 """
 
 
-def test_triton_gpu_code_rounds_like_the_reference():
+def test_triton_gpu_code_rounds_like_the_reference(gpu_code_stats):
     """Compiled for sm_80 (no GPU needed): no FMA contraction anywhere (Triton contracts
     ``v * decay + y`` by default, which could flip a spike at the threshold), IEEE
     division and square root, so the GPU arithmetic is the interpreter's."""
     _triton()
-    import json
-    import os
-    import pathlib
-    import subprocess
-    import sys
-
-    import triton.backends
-    if "nvidia" not in triton.backends.backends:
-        pytest.skip("this triton build has no NVIDIA backend to compile with")
-    env = {key: val for key, val in os.environ.items() if key != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "-c", _PTX_SCRIPT], env=env, capture_output=True, text=True,
-                         cwd=pathlib.Path(__file__).resolve().parents[1], timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    got = json.loads(run.stdout.strip().splitlines()[-1])
+    got = gpu_code_stats(_PTX_SCRIPT)
     assert got["fma"] == 0 and got["mul"] > 0
     assert got["div"] and all(d.startswith("div.rn.") for d in got["div"])
     assert got["sqrt"] == ["sqrt.rn.f64"]

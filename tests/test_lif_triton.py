@@ -77,23 +77,10 @@ print(json.dumps(dict(fma=len(re.findall(r"\bfma\.", ptx)), mul=len(re.findall(r
 """
 
 
-def test_gpu_code_has_no_fma_contraction():
+def test_gpu_code_has_no_fma_contraction(gpu_code_stats):
     """Compiled for sm_80 (no GPU needed) with the options the launchers pass: h is
     computed with separate multiplies and adds, as the reference rounds it (Triton
     would contract ``v * decay + x * c`` into an FMA by default and flip spikes at the
     threshold)."""
-    import json
-    import os
-    import pathlib
-    import subprocess
-    import sys
-
-    import triton.backends
-    if "nvidia" not in triton.backends.backends:
-        pytest.skip("this triton build has no NVIDIA backend to compile with")
-    env = {key: val for key, val in os.environ.items() if key != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "-c", _PTX_SCRIPT], env=env, capture_output=True, text=True,
-                         cwd=pathlib.Path(__file__).resolve().parents[1], timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    got = json.loads(run.stdout.strip().splitlines()[-1])
+    got = gpu_code_stats(_PTX_SCRIPT)
     assert got["fma"] == 0 and got["mul"] > 0

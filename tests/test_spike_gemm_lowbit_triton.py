@@ -113,22 +113,9 @@ print(json.dumps(dict(fma=len(re.findall(r"\bfma\.", ptx)), mma=len(re.findall(r
 """
 
 
-def test_triton_lowbit_gpu_code_is_exact():
+def test_triton_lowbit_gpu_code_is_exact(gpu_code_stats):
     """Compiled for sm_80 (no GPU needed): the dot runs on fp16 tensor cores (mma), and
     the float64 epilogue is a separate multiply and add (no FMA, which would round
     ``acc * scale + bias`` once instead of twice as the reference does)."""
-    import json
-    import os
-    import pathlib
-    import subprocess
-    import sys
-
-    import triton.backends
-    if "nvidia" not in triton.backends.backends:
-        pytest.skip("this triton build has no NVIDIA backend to compile with")
-    env = {key: val for key, val in os.environ.items() if key != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "-c", _PTX_SCRIPT], env=env, capture_output=True, text=True,
-                         cwd=pathlib.Path(__file__).resolve().parents[1], timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    got = json.loads(run.stdout.strip().splitlines()[-1])
+    got = gpu_code_stats(_PTX_SCRIPT)
     assert got["fma"] == 0 and got["mma"] > 0 and got["mul64"] > 0 and got["add64"] > 0
