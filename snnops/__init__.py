@@ -16,8 +16,21 @@ __version__ = "0.1.0"
 
 
 def cpu_isa() -> str:
-    """The CPU code path: 'avx2', 'generic', or 'reference' (no native extension)."""
+    """The CPU code path: 'avx512', 'avx2', 'generic', or 'reference' (no native extension)."""
     return _native.cpu_isa()
 
 
-__all__ = ["lif", "backends", "cpu_isa", "nn", "surrogate", "__version__"]
+def cpu_cache_stats() -> dict:
+    """The CPU kernels keep the memory blocks of their large outputs (>= 256 KiB) after
+    the tensors die and reuse them, so a training step does not pay fresh page faults
+    every iteration. Returns ``allocated_bytes`` (alive), ``cached_bytes`` (kept free),
+    ``hits``, ``misses`` and ``cap_bytes`` (``SNNOPS_CPU_CACHE_MB``, default 2048)."""
+    return _native.cpu_cache_stats()
+
+
+def empty_cache() -> int:
+    """Free the CPU block cache (like ``torch.cuda.empty_cache``); returns bytes freed."""
+    return _native.empty_cache()
+
+
+__all__ = ["lif", "backends", "cpu_isa", "cpu_cache_stats", "empty_cache", "nn", "surrogate", "__version__"]

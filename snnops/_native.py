@@ -32,5 +32,17 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
 def cpu_isa() -> str:
-    """'avx2', 'generic' (portable C++), or 'reference' (no native extension)."""
+    """'avx512', 'avx2', 'generic' (portable C++), or 'reference' (no native extension)."""
     return _C.cpu_isa() if _C is not None else "reference"
+
+
+def cpu_cache_stats() -> dict:
+    """The CPU kernels' output block cache: bytes alive and cached, hits, misses, cap."""
+    if _C is None:
+        return {"allocated_bytes": 0, "cached_bytes": 0, "hits": 0, "misses": 0, "cap_bytes": 0}
+    return _C.cpu_cache_stats()
+
+
+def empty_cache() -> int:
+    """Return the cached CPU blocks to the system; the number of bytes freed."""
+    return _C.cpu_cache_release() if _C is not None else 0

@@ -22,6 +22,7 @@
 #include <cmath>
 #include <vector>
 
+#include "cpu/cached_alloc.h"
 #include "cpu/simd.h"
 
 namespace snnops {
@@ -230,9 +231,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       shift_t.data_ptr<scalar_t>()[c] = (scalar_t)(bp[c] - mean[c] * scale);
     }
   });
-  at::Tensor spikes = at::empty({steps, rows, C}, opts);
-  at::Tensor packed = at::empty({steps, rows, W}, opts.dtype(at::kInt));
-  at::Tensor window = at::empty({steps, rows, W}, opts.dtype(at::kInt));
+  at::Tensor spikes = cached_empty({steps, rows, C}, opts);
+  at::Tensor packed = cached_empty({steps, rows, W}, opts.dtype(at::kInt));
+  at::Tensor window = cached_empty({steps, rows, W}, opts.dtype(at::kInt));
   const Neuron nr{decay, v_threshold, v_reset, width};
   if (n > 0 && C > 0) {
     uint32_t* pk = reinterpret_cast<uint32_t*>(packed.data_ptr<int32_t>());
@@ -419,7 +420,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_lif_bwd_cpu(
   at::Tensor packed = packed_in.contiguous(), window = window_in.contiguous();
   TORCH_CHECK(packed.numel() == steps * rows * W && window.numel() == steps * rows * W,
               "snnops.bn_lif_bwd: packed spikes and window bits must be [T, M, ceil(C/32)]");
-  at::Tensor dz = at::empty({steps, rows, C}, z.options());
+  at::Tensor dz = cached_empty({steps, rows, C}, z.options());
   const int64_t n = steps * rows;
   const int64_t blocks = ceil_div(rows, kStatRows);
   std::vector<double> part(std::max<int64_t>(blocks, 1) * 2 * C, 0.0);

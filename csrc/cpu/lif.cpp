@@ -23,6 +23,7 @@
 #include <cmath>
 #include <vector>
 
+#include "cpu/cached_alloc.h"
 #include "cpu/simd.h"
 #include "cpu/spike_pack.h"
 
@@ -693,12 +694,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_fwd_c
                 x_in.sizes().slice(1), ", got ", v0_in->sizes());
     v0 = v0_in->to(ct).contiguous();
   }
-  at::Tensor spikes = at::empty(x.sizes(), x.options());
-  at::Tensor v_last = at::empty(x_in.sizes().slice(1), x.options());
-  at::Tensor membrane = return_membrane ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
+  at::Tensor spikes = cached_empty(x.sizes(), x.options());
+  at::Tensor v_last = cached_empty(x_in.sizes().slice(1), x.options());
+  at::Tensor membrane = return_membrane ? cached_empty(x.sizes(), x.options()) : at::empty({0}, x.options());
   const bool bits = save_for_backward && saves_bits(p);
   const int64_t words = ceil_div(N, 32);
-  at::Tensor saved = bits ? at::empty({bit_planes(p), steps, words}, x.options().dtype(at::kInt))
+  at::Tensor saved = bits ? cached_empty({bit_planes(p), steps, words}, x.options().dtype(at::kInt))
                           : at::empty({0}, x.options().dtype(at::kInt));
   // The kernels write only the bits of real neurons: clear the padding of the last word.
   if (bits && N % 32 != 0) saved.select(2, words - 1).zero_();
@@ -707,7 +708,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_fwd_c
   // them as they fire (measured: a separate packing pass added 40% to the forward).
   at::Tensor packed;
   const bool flat_pack = pack_dim.has_value() && *pack_dim == x.dim() - 1 && x.size(-1) % 32 == 0;
-  if (pack_dim.has_value()) packed = at::empty(packed_shape(x.sizes(), *pack_dim), x.options().dtype(at::kInt));
+  if (pack_dim.has_value()) packed = cached_empty(packed_shape(x.sizes(), *pack_dim), x.options().dtype(at::kInt));
   else packed = at::empty({0}, x.options().dtype(at::kInt));
   uint8_t* fp = flat_pack && packed.numel() > 0 ? reinterpret_cast<uint8_t*>(packed.data_ptr<int32_t>()) : nullptr;
   if (steps == 0 || N == 0) {
@@ -786,8 +787,8 @@ std::tuple<at::Tensor, at::Tensor> lif_bwd_cpu(
   at::Tensor gvl = grad_or_undefined(grad_v_last_in, ct);
   at::Tensor gm = grad_or_undefined(grad_membrane_in, ct);
   auto opts = at::TensorOptions().dtype(ct).device(at::kCPU);
-  at::Tensor gx = at::empty(shape, opts);
-  at::Tensor gv0 = has_v0 ? at::empty(shape.slice(1), opts) : at::empty({0}, opts);
+  at::Tensor gx = cached_empty(shape, opts);
+  at::Tensor gv0 = has_v0 ? cached_empty(shape.slice(1), opts) : at::empty({0}, opts);
   at::Tensor x, v0;
   if (bits) {
     TORCH_CHECK(saved.scalar_type() == at::kInt && saved.dim() == 3 && saved.size(0) == bit_planes(p) &&

@@ -40,6 +40,7 @@
 #include <new>
 #include <vector>
 
+#include "cpu/cached_alloc.h"
 #include "cpu/simd.h"
 #include "cpu/spike_gemm.h"
 #include "cpu/spike_pack.h"
@@ -908,7 +909,7 @@ Problem make_problem(const at::Tensor& o, const at::Tensor& w2, const at::Tensor
 at::Tensor ptt_conv_cpu(const at::Tensor& o, const at::Tensor& w2, const at::Tensor& w3) {
   const char* op = "snnops.ptt_conv";
   check_cores(o, w2, w3, op, true);
-  at::Tensor out = at::empty(o.sizes(), cl_opts(o));
+  at::Tensor out = cached_empty(o.sizes(), cl_opts(o));
   if (out.numel() == 0) return out;
   const Problem pb = make_problem(o, w2, w3, nullptr, true, false, c10::List<bool>());
   AT_DISPATCH_FLOATING_TYPES(o.scalar_type(), "ptt_conv", [&] {
@@ -973,9 +974,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ptt_conv_bwd_cpu(const at::Tensor
   check_cores(o, w2, w3, op, true);
   check_float(grad, op, "grad");
   TORCH_CHECK(grad.sizes() == o.sizes(), op, ": grad must have o's shape ", o.sizes(), ", got ", grad.sizes());
-  at::Tensor go = mask[0] ? at::empty(o.sizes(), cl_opts(o)) : at::empty({0}, o.options());
-  at::Tensor gw2 = mask[1] ? at::zeros(w2.sizes(), w2.options()) : at::empty({0}, w2.options());
-  at::Tensor gw3 = mask[2] ? at::zeros(w3.sizes(), w3.options()) : at::empty({0}, w3.options());
+  at::Tensor go = mask[0] ? cached_empty(o.sizes(), cl_opts(o)) : at::empty({0}, o.options());
+  at::Tensor gw2 = mask[1] ? cached_zeros(w2.sizes(), w2.options()) : at::empty({0}, w2.options());
+  at::Tensor gw3 = mask[2] ? cached_zeros(w3.sizes(), w3.options()) : at::empty({0}, w3.options());
   if (o.numel() == 0 || !(mask[0] || mask[1] || mask[2])) return {go, gw2, gw3};
   const Problem pb = make_problem(o, w2, w3, nullptr, true, false, c10::List<bool>());
   at::Tensor g = grad.to(o.scalar_type());
@@ -1008,8 +1009,8 @@ std::tuple<at::Tensor, at::Tensor> tt_block_cpu(const at::Tensor& o, const at::T
   const char* op = "snnops.tt_block";
   check_block(o, w2, w3, w4, parallel, schedule, op);
   const int64_t N = o.size(0), H = o.size(2), W = o.size(3), C = w4.size(0);
-  at::Tensor y = pool ? at::empty({N, C, H / 2, W / 2}, cl_opts(o)) : at::empty({N, C, H, W}, cl_opts(o));
-  at::Tensor idx = pool ? at::empty({N, C, H / 2, W / 2}, cl_opts(o).dtype(at::kByte)) : at::empty({0}, o.options().dtype(at::kByte));
+  at::Tensor y = pool ? cached_empty({N, C, H / 2, W / 2}, cl_opts(o)) : cached_empty({N, C, H, W}, cl_opts(o));
+  at::Tensor idx = pool ? cached_empty({N, C, H / 2, W / 2}, cl_opts(o).dtype(at::kByte)) : at::empty({0}, o.options().dtype(at::kByte));
   if (N == 0 || H == 0 || W == 0 || C == 0) return {y, idx};
   const Problem pb = make_problem(o, w2, w3, &w4, parallel, pool, schedule);
   AT_DISPATCH_FLOATING_TYPES(o.scalar_type(), "tt_block", [&] {
@@ -1037,10 +1038,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tt_block_bwd_cpu(
                 pool_index.sizes());
     pidx = pool_index.contiguous(at::MemoryFormat::ChannelsLast);
   }
-  at::Tensor go = mask[0] ? at::empty(o.sizes(), cl_opts(o)) : at::empty({0}, o.options());
-  at::Tensor gw2 = mask[1] ? at::zeros(w2.sizes(), w2.options()) : at::empty({0}, w2.options());
-  at::Tensor gw3 = mask[2] ? at::zeros(w3.sizes(), w3.options()) : at::empty({0}, w3.options());
-  at::Tensor gw4 = mask[3] ? at::zeros(w4.sizes(), w4.options()) : at::empty({0}, w4.options());
+  at::Tensor go = mask[0] ? cached_empty(o.sizes(), cl_opts(o)) : at::empty({0}, o.options());
+  at::Tensor gw2 = mask[1] ? cached_zeros(w2.sizes(), w2.options()) : at::empty({0}, w2.options());
+  at::Tensor gw3 = mask[2] ? cached_zeros(w3.sizes(), w3.options()) : at::empty({0}, w3.options());
+  at::Tensor gw4 = mask[3] ? cached_zeros(w4.sizes(), w4.options()) : at::empty({0}, w4.options());
   if (o.numel() == 0 || C == 0 || !(mask[0] || mask[1] || mask[2] || mask[3])) {
     if (mask[0]) go.zero_();
     return {go, gw2, gw3, gw4};
@@ -1128,7 +1129,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tt_conv_cpu(
     packed = packed_opt->contiguous();
   } else {
     // packed here, inside the band loop; returned for the backward
-    packed = at::empty({x.size(0), x.size(2), x.size(3), ceil_div(g1.size(1), 32)}, g1.options().dtype(at::kInt));
+    packed = cached_empty({x.size(0), x.size(2), x.size(3), ceil_div(g1.size(1), 32)}, g1.options().dtype(at::kInt));
   }
   const ConvShape cs = check_conv(packed, g1, w2, w3, w4, parallel, schedule, op);
   if (has_x)
@@ -1136,8 +1137,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tt_conv_cpu(
                 " and the packed spikes ", packed.sizes(), " disagree");
   const int64_t C = w4.size(0);
   auto opts = g1.options().memory_format(at::MemoryFormat::ChannelsLast);
-  at::Tensor y = pool ? at::empty({cs.N, C, cs.H / 2, cs.W / 2}, opts) : at::empty({cs.N, C, cs.H, cs.W}, opts);
-  at::Tensor idx = pool ? at::empty({cs.N, C, cs.H / 2, cs.W / 2}, opts.dtype(at::kByte))
+  at::Tensor y = pool ? cached_empty({cs.N, C, cs.H / 2, cs.W / 2}, opts) : cached_empty({cs.N, C, cs.H, cs.W}, opts);
+  at::Tensor idx = pool ? cached_empty({cs.N, C, cs.H / 2, cs.W / 2}, opts.dtype(at::kByte))
                         : at::empty({0}, g1.options().dtype(at::kByte));
   at::Tensor packed_out = has_packed ? at::empty({0}, g1.options().dtype(at::kInt)) : packed;
   if (cs.N == 0 || cs.H == 0 || cs.W == 0) return {y, idx, packed_out};
@@ -1185,12 +1186,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> tt_conv_b
     pidx = pool_index.contiguous(at::MemoryFormat::ChannelsLast);
   }
   auto empty = [&](const at::Tensor& like) { return at::empty({0}, like.options()); };
-  at::Tensor gx = mask[0] ? at::empty({cs.N, cs.cin, cs.H, cs.W}, g1.options().memory_format(at::MemoryFormat::ChannelsLast))
+  at::Tensor gx = mask[0] ? cached_empty({cs.N, cs.cin, cs.H, cs.W}, g1.options().memory_format(at::MemoryFormat::ChannelsLast))
                           : empty(g1);
-  at::Tensor gg1 = mask[1] ? at::zeros(g1.sizes(), g1.options()) : empty(g1);
-  at::Tensor gw2 = mask[2] ? at::zeros(w2.sizes(), w2.options()) : empty(w2);
-  at::Tensor gw3 = mask[3] ? at::zeros(w3.sizes(), w3.options()) : empty(w3);
-  at::Tensor gw4 = mask[4] ? at::zeros(w4.sizes(), w4.options()) : empty(w4);
+  at::Tensor gg1 = mask[1] ? cached_zeros(g1.sizes(), g1.options()) : empty(g1);
+  at::Tensor gw2 = mask[2] ? cached_zeros(w2.sizes(), w2.options()) : empty(w2);
+  at::Tensor gw3 = mask[3] ? cached_zeros(w3.sizes(), w3.options()) : empty(w3);
+  at::Tensor gw4 = mask[4] ? cached_zeros(w4.sizes(), w4.options()) : empty(w4);
   if (cs.N == 0 || cs.H == 0 || cs.W == 0 || C == 0 || !(mask[0] || mask[1] || mask[2] || mask[3] || mask[4]))
     return {gx, gg1, gw2, gw3, gw4};
   at::Tensor packed = packed_in.contiguous();

@@ -1,0 +1,177 @@
+// The block cache behind cached_empty (see cached_alloc.h for why it exists).
+#include "cached_alloc.h"
+
+#include <c10/core/Allocator.h>
+#include <c10/core/CPUAllocator.h>
+
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <vector>
+
+namespace snnops {
+namespace {
+
+// Below this, glibc serves requests from its heap without fresh pages, and a block per
+// size class would waste more than it saves.
+constexpr size_t kMinCached = size_t(256) << 10;
+
+// Size classes: 8 per power of two (at most 12.5% rounding waste), so tensors whose
+// sizes differ slightly (a last partial batch) still share blocks.
+size_t size_class(size_t n) {
+  size_t p = size_t(1) << (63 - __builtin_clzll(n));  // highest power of two <= n
+  const size_t step = p / 8;
+  return (n + step - 1) / step * step;
+}
+
+size_t cap_from_env() {
+  const char* v = std::getenv("SNNOPS_CPU_CACHE_MB");
+  if (v == nullptr || *v == '\0') return size_t(2048) << 20;
+  char* end = nullptr;
+  const long long mb = std::strtoll(v, &end, 10);
+  TORCH_CHECK(end != v && *end == '\0' && mb >= 0,
+              "SNNOPS_CPU_CACHE_MB must be a non-negative integer (MiB), got '", v, "'");
+  return size_t(mb) << 20;
+}
+
+struct Block {
+  void* ptr;
+  size_t bytes;      // size class actually allocated
+  size_t requested;  // what the tensor asked for (reported to the profiler)
+};
+
+class BlockCache final : public c10::Allocator {
+ public:
+  c10::DataPtr allocate(size_t n) override {
+    if (n < kMinCached || cap_ == 0) return c10::GetDefaultCPUAllocator()->allocate(n);
+    const size_t bytes = size_class(n);
+    void* ptr = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = free_.find(bytes);
+      if (it != free_.end() && !it->second.empty()) {
+        ptr = it->second.back();
+        it->second.pop_back();
+        cached_ -= bytes;
+        ++hits_;
+      } else {
+        ++misses_;
+      }
+    }
+    if (ptr == nullptr) {
+      // 64-byte aligned like c10's allocator; 4 KiB here so blocks start on a page.
+      if (posix_memalign(&ptr, 4096, bytes) != 0 || ptr == nullptr) {
+        // Give the cached blocks back and try once more before reporting out of memory.
+        release();
+        TORCH_CHECK(posix_memalign(&ptr, 4096, bytes) == 0 && ptr != nullptr,
+                    "snnops: out of CPU memory allocating ", bytes, " bytes");
+      }
+    }
+    auto* block = new Block{ptr, bytes, n};
+    size_t allocated, reserved;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      allocated_ += n;
+      allocated = allocated_;
+      reserved = allocated_ + cached_;
+    }
+    report(ptr, static_cast<int64_t>(n), allocated, reserved);
+    return {ptr, block, &BlockCache::deleter, c10::Device(c10::DeviceType::CPU)};
+  }
+
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+
+  // Frees every cached block; returns the bytes given back.
+  size_t release() {
+    std::map<size_t, std::vector<void*>> drop;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      drop.swap(free_);
+      cached_ = 0;
+    }
+    size_t freed = 0;
+    for (auto& [bytes, ptrs] : drop) {
+      for (void* p : ptrs) std::free(p);
+      freed += bytes * ptrs.size();
+    }
+    return freed;
+  }
+
+  void stats(size_t* allocated, size_t* cached, size_t* hits, size_t* misses, size_t* cap) {
+    std::lock_guard<std::mutex> lock(mu_);
+    *allocated = allocated_;
+    *cached = cached_;
+    *hits = hits_;
+    *misses = misses_;
+    *cap = cap_;
+  }
+
+  static BlockCache& get() {
+    // Never destroyed: tensors may die after static destructors have run at exit.
+    static BlockCache* cache = new BlockCache();
+    return *cache;
+  }
+
+ private:
+  BlockCache() : cap_(cap_from_env()) {}
+
+  static void deleter(void* ctx) {
+    auto* block = static_cast<Block*>(ctx);
+    get().give_back(block);
+  }
+
+  void give_back(Block* block) {
+    bool keep;
+    size_t allocated, reserved;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      allocated_ -= block->requested;
+      allocated = allocated_;
+      keep = cached_ + block->bytes <= cap_;
+      if (keep) {
+        free_[block->bytes].push_back(block->ptr);
+        cached_ += block->bytes;
+      }
+      reserved = allocated_ + cached_;
+    }
+    report(block->ptr, -static_cast<int64_t>(block->requested), allocated, reserved);
+    if (!keep) std::free(block->ptr);
+    delete block;
+  }
+
+  static void report(void* ptr, int64_t delta, size_t allocated, size_t reserved) {
+    if (c10::memoryProfilingEnabled())
+      c10::reportMemoryUsageToProfiler(ptr, delta, allocated, reserved,
+                                       c10::Device(c10::DeviceType::CPU));
+  }
+
+  std::mutex mu_;
+  std::map<size_t, std::vector<void*>> free_;
+  size_t cached_ = 0, allocated_ = 0, hits_ = 0, misses_ = 0;
+  const size_t cap_;
+};
+
+}  // namespace
+
+at::Tensor cached_empty(at::IntArrayRef sizes, const at::TensorOptions& opts,
+                        std::optional<at::MemoryFormat> memory_format) {
+  TORCH_INTERNAL_ASSERT(opts.device().is_cpu());
+  return at::detail::empty_generic(sizes, &BlockCache::get(), c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                   c10::typeMetaToScalarType(opts.dtype()),
+                                   memory_format.has_value() ? memory_format : opts.memory_format_opt());
+}
+
+at::Tensor cached_zeros(at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  return cached_empty(sizes, opts).zero_();
+}
+
+}  // namespace snnops
+
+// For snnops._C (module.cpp has no torch headers).
+extern "C" size_t snnops_cpu_cache_release() { return snnops::BlockCache::get().release(); }
+
+extern "C" void snnops_cpu_cache_stats(size_t out[5]) {
+  snnops::BlockCache::get().stats(&out[0], &out[1], &out[2], &out[3], &out[4]);
+}
