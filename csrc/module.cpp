@@ -7,6 +7,8 @@
 extern "C" const char* snnops_cpu_isa();
 extern "C" size_t snnops_cpu_cache_release();
 extern "C" void snnops_cpu_cache_stats(size_t out[5]);
+extern "C" void snnops_cpu_cache_global(int on);
+extern "C" int snnops_cpu_cache_is_global();
 
 static PyObject* cpu_isa(PyObject*, PyObject*) {
   return PyUnicode_FromString(snnops_cpu_isa());
@@ -24,6 +26,17 @@ static PyObject* cpu_cache_stats(PyObject*, PyObject*) {
                        "cap_bytes", (Py_ssize_t)s[4]);
 }
 
+static PyObject* cpu_cache_global(PyObject*, PyObject* arg) {
+  const int on = PyObject_IsTrue(arg);
+  if (on < 0) return nullptr;
+  snnops_cpu_cache_global(on);
+  Py_RETURN_NONE;
+}
+
+static PyObject* cpu_cache_is_global(PyObject*, PyObject*) {
+  return PyBool_FromLong(snnops_cpu_cache_is_global());
+}
+
 static PyMethodDef methods[] = {
     {"cpu_isa", cpu_isa, METH_NOARGS,
      "The instruction set the CPU kernels use: 'avx512', 'avx2' or 'generic'."},
@@ -31,6 +44,10 @@ static PyMethodDef methods[] = {
      "Free the cached CPU blocks of snnops outputs; returns the bytes freed."},
     {"cpu_cache_stats", cpu_cache_stats, METH_NOARGS,
      "Bytes of snnops outputs alive and cached, cache hits and misses, and the cap."},
+    {"cpu_cache_global", cpu_cache_global, METH_O,
+     "True: every CPU tensor allocates through the block cache; False: torch's default allocator."},
+    {"cpu_cache_is_global", cpu_cache_is_global, METH_NOARGS,
+     "Whether every CPU tensor allocates through the block cache."},
     {nullptr, nullptr, 0, nullptr}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};

@@ -28,9 +28,17 @@ def cpu_cache_stats() -> dict:
     return _native.cpu_cache_stats()
 
 
+def cache_all_cpu_tensors(enabled: bool = True) -> None:
+    """Let every CPU tensor of the process (torch's own ops too: convolutions, BatchNorm,
+    gradient sums) allocate through the same block cache, as jemalloc or tcmalloc would
+    when preloaded; ``False`` restores torch's default allocator. Tensors keep the
+    allocator they were made with, so switching is safe at any time."""
+    _native.cache_all_cpu_tensors(enabled)
+
+
 def empty_cache() -> int:
     """Free the CPU block cache (like ``torch.cuda.empty_cache``); returns bytes freed."""
     return _native.empty_cache()
 
 
-__all__ = ["lif", "backends", "cpu_isa", "cpu_cache_stats", "empty_cache", "nn", "surrogate", "__version__"]
+__all__ = ["lif", "backends", "cpu_isa", "cpu_cache_stats", "cache_all_cpu_tensors", "empty_cache", "nn", "surrogate", "__version__"]

@@ -43,6 +43,16 @@ def cpu_cache_stats() -> dict:
     return _C.cpu_cache_stats()
 
 
+def cache_all_cpu_tensors(enabled: bool = True) -> None:
+    if _C is None:
+        raise RuntimeError(f"snnops.cache_all_cpu_tensors needs the native extension: {_REASON}")
+    _C.cpu_cache_global(bool(enabled))
+
+
+def caches_all_cpu_tensors() -> bool:
+    return bool(_C is not None and _C.cpu_cache_is_global())
+
+
 def empty_cache() -> int:
     """Return the cached CPU blocks to the system; the number of bytes freed."""
     return _C.cpu_cache_release() if _C is not None else 0

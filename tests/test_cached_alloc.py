@@ -78,3 +78,30 @@ def test_bad_cap_is_named():
     out = subprocess.run([sys.executable, "-c", "import torch, snnops; snnops.lif(torch.randn(%r))" % (SHAPE,)],
                          env=env, capture_output=True, text=True)
     assert out.returncode != 0 and "SNNOPS_CPU_CACHE_MB" in out.stderr
+
+
+def test_cache_can_serve_every_cpu_tensor():
+    x = torch.randn(16, 64, 16, 16).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(64, 64, 3, 3, requires_grad=True)
+    expected = torch.nn.functional.conv2d(x, w, padding=1)
+    expected.sum().backward()
+    grad = w.grad.clone()
+    w.grad = None
+    snnops.cache_all_cpu_tensors(True)
+    try:
+        assert _native.caches_all_cpu_tensors()
+        before = snnops.cpu_cache_stats()
+        plain = torch.empty(1 << 20)  # a torch op's own output
+        assert snnops.cpu_cache_stats()["allocated_bytes"] >= before["allocated_bytes"] + plain.numel() * 4
+        del plain
+        # oneDNN takes its scratch memory through raw_allocate / raw_deallocate
+        for _ in range(2):
+            y = torch.nn.functional.conv2d(x, w, padding=1)
+            y.sum().backward()
+            assert torch.equal(y, expected)
+            torch.testing.assert_close(w.grad, grad)
+            w.grad = None
+    finally:
+        snnops.cache_all_cpu_tensors(False)
+    assert not _native.caches_all_cpu_tensors()
+    del y  # made under the cache, freed after it is no longer the allocator

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <map>
 #include <mutex>
+#include <unordered_map>
 #include <vector>
 
 namespace snnops {
@@ -35,7 +36,6 @@ size_t cap_from_env() {
 }
 
 struct Block {
-  void* ptr;
   size_t bytes;      // size class actually allocated
   size_t requested;  // what the tensor asked for (reported to the profiler)
 };
@@ -59,7 +59,7 @@ class BlockCache final : public c10::Allocator {
       }
     }
     if (ptr == nullptr) {
-      // 64-byte aligned like c10's allocator; 4 KiB here so blocks start on a page.
+      // Page-aligned (c10's allocator aligns to 64 bytes).
       if (posix_memalign(&ptr, 4096, bytes) != 0 || ptr == nullptr) {
         // Give the cached blocks back and try once more before reporting out of memory.
         release();
@@ -67,17 +67,21 @@ class BlockCache final : public c10::Allocator {
                     "snnops: out of CPU memory allocating ", bytes, " bytes");
       }
     }
-    auto* block = new Block{ptr, bytes, n};
     size_t allocated, reserved;
     {
       std::lock_guard<std::mutex> lock(mu_);
+      live_[ptr] = Block{bytes, n};
       allocated_ += n;
       allocated = allocated_;
       reserved = allocated_ + cached_;
     }
     report(ptr, static_cast<int64_t>(n), allocated, reserved);
-    return {ptr, block, &BlockCache::deleter, c10::Device(c10::DeviceType::CPU)};
+    // The context is the pointer itself, so raw_allocate / raw_deallocate (oneDNN's
+    // scratch memory, when the cache serves every CPU tensor) work too.
+    return {ptr, ptr, &BlockCache::deleter, c10::Device(c10::DeviceType::CPU)};
   }
+
+  c10::DeleterFnPtr raw_deleter() const override { return &BlockCache::deleter; }
 
   void copy_data(void* dest, const void* src, std::size_t count) const override {
     default_copy_data(dest, src, count);
@@ -117,28 +121,37 @@ class BlockCache final : public c10::Allocator {
  private:
   BlockCache() : cap_(cap_from_env()) {}
 
-  static void deleter(void* ctx) {
-    auto* block = static_cast<Block*>(ctx);
-    get().give_back(block);
-  }
+  static void deleter(void* ptr) { get().give_back(ptr); }
 
-  void give_back(Block* block) {
-    bool keep;
-    size_t allocated, reserved;
+  void give_back(void* ptr) {
+    Block block{0, 0};
+    bool ours = false, keep = false;
+    size_t allocated = 0, reserved = 0;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      allocated_ -= block->requested;
-      allocated = allocated_;
-      keep = cached_ + block->bytes <= cap_;
-      if (keep) {
-        free_[block->bytes].push_back(block->ptr);
-        cached_ += block->bytes;
+      auto it = live_.find(ptr);
+      if (it != live_.end()) {
+        ours = true;
+        block = it->second;
+        live_.erase(it);
+        allocated_ -= block.requested;
+        allocated = allocated_;
+        keep = cached_ + block.bytes <= cap_;
+        if (keep) {
+          free_[block.bytes].push_back(ptr);
+          cached_ += block.bytes;
+        }
+        reserved = allocated_ + cached_;
       }
-      reserved = allocated_ + cached_;
     }
-    report(block->ptr, -static_cast<int64_t>(block->requested), allocated, reserved);
-    if (!keep) std::free(block->ptr);
-    delete block;
+    if (!ours) {
+      // A small block of the default allocator freed through raw_deallocate
+      // (allocate() hands those out with the default allocator's own deleter).
+      c10::GetDefaultCPUAllocator()->raw_deleter()(ptr);
+      return;
+    }
+    report(ptr, -static_cast<int64_t>(block.requested), allocated, reserved);
+    if (!keep) std::free(ptr);
   }
 
   static void report(void* ptr, int64_t delta, size_t allocated, size_t reserved) {
@@ -149,6 +162,7 @@ class BlockCache final : public c10::Allocator {
 
   std::mutex mu_;
   std::map<size_t, std::vector<void*>> free_;
+  std::unordered_map<void*, Block> live_;
   size_t cached_ = 0, allocated_ = 0, hits_ = 0, misses_ = 0;
   const size_t cap_;
 };
@@ -171,6 +185,18 @@ at::Tensor cached_zeros(at::IntArrayRef sizes, const at::TensorOptions& opts) {
 
 // For snnops._C (module.cpp has no torch headers).
 extern "C" size_t snnops_cpu_cache_release() { return snnops::BlockCache::get().release(); }
+
+// on = 1: every CPU tensor of the process (torch's own ops too) allocates through the
+// cache; on = 0: back to torch's default allocator. Blocks already handed out keep
+// their own deleters, so switching is safe at any time.
+extern "C" void snnops_cpu_cache_global(int on) {
+  c10::SetCPUAllocator(on ? static_cast<c10::Allocator*>(&snnops::BlockCache::get()) : c10::GetDefaultCPUAllocator(),
+                       /*priority=*/0);
+}
+
+extern "C" int snnops_cpu_cache_is_global() {
+  return c10::GetCPUAllocator() == static_cast<c10::Allocator*>(&snnops::BlockCache::get()) ? 1 : 0;
+}
 
 extern "C" void snnops_cpu_cache_stats(size_t out[5]) {
   snnops::BlockCache::get().stats(&out[0], &out[1], &out[2], &out[3], &out[4]);
