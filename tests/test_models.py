@@ -162,6 +162,23 @@ def test_dense_backends_agree_float32():
     torch.testing.assert_close(fast(x), plain(x), rtol=1e-4, atol=1e-4)
 
 
+def test_small_output_convs_run_nchw():
+    """3x3 convs whose output is 4x4 or smaller run (and keep their weight) in NCHW, the
+    others channels-last; frames between layers stay channels-last and the gradients
+    equal the plain-PyTorch model's."""
+    fast = models.ms_resnet18("dense", timesteps=2)
+    plain = models.convert_backend(fast, "reference")
+    x = torch.randn(2, 3, 32, 32)
+    y = torch.randint(0, 10, (2,))
+    F.cross_entropy(fast(x), y).backward()
+    F.cross_entropy(plain(x), y).backward()
+    l1, l4 = fast.blocks[0].conv1.weight, fast.blocks[-1].conv2.weight
+    assert l1.is_contiguous(memory_format=torch.channels_last) and not l1.is_contiguous()
+    assert l4.is_contiguous()
+    for (name, p), q in zip(fast.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_spike_conv_saves_bits():
     """The snnops dense model keeps the convs' spike inputs as bits: autograd saves
     about 1/3 of what the plain-PyTorch model saves (BN inputs stay float)."""

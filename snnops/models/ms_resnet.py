@@ -231,7 +231,9 @@ class MSResNet(nn.Module):
 def _set_conv_layout(model: nn.Module, backend: str) -> None:
     """snnops runs on channels-last frames: its 3x3 / 1x1 conv weights are stored
     channels-last too, so oneDNN never reorders a weight or its gradient (copies the
-    size of the largest weights, measured as the peak of the backward otherwise)."""
+    size of the largest weights, measured as the peak of the backward otherwise).
+    SeqConv2d switches a 3x3 conv with a 4x4-or-smaller output to NCHW on its first
+    call, where oneDNN's NCHW kernels are faster."""
     fmt = torch.channels_last if backend == "snnops" else torch.contiguous_format
     with torch.no_grad():
         for m in model.modules():
