@@ -117,10 +117,11 @@ def test_double_kernels_and_gradcheck():
     assert torch.autograd.gradcheck(lambda w_, b_: snnops.spike_conv1x1(x, w_, b_), (wc, b[:5].detach().requires_grad_()))
 
 
-def test_same_result_with_1_and_2_threads():
-    s = _spikes((300, 200), 0.1)
+@pytest.mark.parametrize("M,density", [(300, 0.1), (4500, 0.5)])  # 4500: two row blocks of the dW partials
+def test_same_result_with_1_and_2_threads(M, density):
+    s = _spikes((M, 200), density)
     w = torch.randn(150, 200)
-    g = torch.randn(300, 150)
+    g = torch.randn(M, 150)
     old = torch.get_num_threads()
     outs = []
     try:

@@ -75,6 +75,12 @@ inline double dense_forward_float(int64_t N) { return N >= 1024 ? 0.6 : 0.95; }
 inline double dense_forward_packed(int64_t N) { return N >= 1024 ? 0.6 : 0.95; }
 inline double dense_grad_weight(int64_t) { return 0.95; }
 
+// dW by subset-sum tables (spike_kernels::table_dw_task, AVX-512, dW^T partials small
+// enough for outer products) from this density on: its work does not depend on the density
+// (2.1x MKL on gemm-tt-in, 1.7x on gemm-conv1x1, 1 thread), the outer products' grows with
+// it; measured equal at 0.15 on gemm-tt-in and at 0.2 on gemm-conv1x1.
+constexpr double kTableDwDensity = 0.175;
+
 // Nibble scan (BitGemm::nibbles, AVX-512) from this density on.
 constexpr double kNibbleDensity = 0.3;
 bool nibble_scan(double density) { return density >= kNibbleDensity; }
@@ -403,7 +409,7 @@ int64_t run_bitgemm(const BitGemm<T>& g) {
 constexpr int64_t kOuterMaxBytes = 128 * 1024;
 
 template <typename T>
-void outer_grad_weight(const at::Tensor& packed2d, const at::Tensor& g, int64_t K, at::Tensor& gw) {
+void outer_grad_weight(const at::Tensor& packed2d, const at::Tensor& g, int64_t K, at::Tensor& gw, bool table = false) {
   const int64_t M = packed2d.size(0), N = g.size(1);
   constexpr int64_t NC = spike_kernels::kOuterChunk;
   const int64_t nch = ceil_div(N, NC);
@@ -426,6 +432,13 @@ void outer_grad_weight(const at::Tensor& packed2d, const at::Tensor& g, int64_t 
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / nch, ch = t % nch;
       const int64_t m0 = b * mb, m1 = std::min(M, m0 + mb);
+      if constexpr (std::is_same_v<T, float>) {
+        if (table) {
+          spike_kernels::table_dw_task(S, K, dY, N, M, m0, m1, ch * NC, std::min(NC, N - ch * NC),
+                                       partial + t * K * LP, ws);
+          continue;
+        }
+      }
       spike_kernels::outer_dw_task(S, K, dY, N, m0, m1, ch * NC, std::min(NC, N - ch * NC),
                                    partial + t * K * LP, avx2, ws);
     }
@@ -733,6 +746,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spike_gemm_bwd_cpu(const at::Tens
       } else {
         at::mm_out(gw, g.t(), unpack_impl(p, K, -1, ct, op));
       }
+    } else if (ct == at::kFloat && spike_kernels::bits_avx512() && density >= kTableDwDensity &&
+               K * spike_kernels::kOuterStride * (int64_t)gw.element_size() <= kOuterMaxBytes) {
+      outer_grad_weight<float>(p, g, K, gw, /*table=*/true);
     } else if (K * spike_kernels::kOuterStride * (int64_t)gw.element_size() <= kOuterMaxBytes &&
                !(nibble_scan(density) && spike_kernels::bits_avx512())) {
       if (ct == at::kFloat) outer_grad_weight<float>(p, g, K, gw);

@@ -88,6 +88,16 @@ void outer_dw_task(const uint32_t* S, int64_t K, const float* dY, int64_t ldy, i
 void outer_dw_task(const uint32_t* S, int64_t K, const double* dY, int64_t ldy, int64_t m0, int64_t m1, int64_t n0,
                    int64_t nn, double* P, bool avx2, Workspace& ws);
 
+// dW by subset-sum tables (AVX-512 only, bits_avx512()): the same partial P as
+// outer_dw_task for rows [m0, m1) (m0 a multiple of 32). Per 32 rows of S: their bits
+// transposed (one 32-bit word per k, AVX-512 delta swaps on 16 blocks at once), and the 16
+// subset sums of every 4 of their dY rows, a 32 KiB table (L1); each k then adds the 8
+// table rows its 8 nibbles select (no branch, no index list). The work does not depend on
+// the density: M K N / 64 vector adds against M K N d / 16 for the set-bit lists, so it
+// wins on dense spikes (threshold measured in spike_gemm.cpp).
+void table_dw_task(const uint32_t* S, int64_t K, const float* dY, int64_t ldy, int64_t M, int64_t m0, int64_t m1,
+                   int64_t n0, int64_t nn, float* P, Workspace& ws);
+
 // Bit-matrix transpose of packed rows: src [R, W] (row stride W) -> dst [K, ceil(R/32)],
 // for the 32-row group rw and word column w (one 32x32 block).
 void transpose_bits_block(const uint32_t* src, int64_t R, int64_t W, int64_t K, int64_t rw, int64_t w,
