@@ -8,6 +8,8 @@ import sys
 import pytest
 import torch
 
+import snnops
+
 from snnops import models
 from snnops.cli import main as cli_main
 from snnops.cli import profile as prof
@@ -52,6 +54,22 @@ def test_profile_tiny_run_writes_table_json_and_chart(tmp_path, capsys):
     assert rows["ptt"]["paper"]["time_s"] == 0.176 and rows["ptt-ref"]["paper"] is None
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any("less time than snnops dense" in t["text"] for t in result["targets"])
+    assert result["config"]["allocator"] == "cache" and "cache allocator" in text
+    assert not snnops._native.caches_all_cpu_tensors()  # restored after the run
+
+
+def test_profile_system_allocator_measures_the_same_peak(tmp_path):
+    """Both allocators report every allocation at its requested size, so the peak
+    memory column does not depend on --allocator."""
+    peaks = {}
+    for alloc in ("cache", "system"):
+        out = tmp_path / f"{alloc}.json"
+        assert cli_main(["profile", *TINY, "--methods", "ptt", "--ranks", "4", "--allocator", alloc,
+                         "--json", str(out), "--no-chart"]) == 0
+        result = json.loads(out.read_text())
+        assert result["config"]["allocator"] == alloc
+        peaks[alloc] = result["rows"][0]["peak_activation_bytes"]
+    assert peaks["cache"] == peaks["system"]
 
 
 def test_peak_memory_counts_saved_activations():

@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help=f"comma-separated rows to measure, from {', '.join(METHODS)} (default: all)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, printed)")
+    p.add_argument("--allocator", choices=("cache", "system"), default="cache",
+                   help="cache (default): every CPU tensor of every method comes from snnops' block cache "
+                        "(snnops.cache_all_cpu_tensors; no fresh page faults per step); system: torch's "
+                        "default allocator (only the snnops kernels' outputs are cached)")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
     p.add_argument("--seed", type=int, default=0)
@@ -530,6 +534,8 @@ def main(argv) -> int:
         torch.set_num_threads(args.threads)
     ranks = parse_ranks(args.ranks)
     methods = parse_methods(args.methods)
+    from .. import _native
+    allocator = args.allocator if _native.HAS_NATIVE else "system"
     # Validate the whole configuration on the cheapest model before measuring anything.
     try:
         probe = build(model_name, conv="htt" if any(METHODS[m][0] == "htt" for m in methods) else "ptt",
@@ -544,18 +550,24 @@ def main(argv) -> int:
     size_text = "x".join(map(str, input_size))
     config = dict(model=model_name, input_size=list(input_size), input_size_text=size_text, timesteps=timesteps,
                   batch_size=args.batch_size, num_classes=num_classes, threads=threads, repeats=args.repeats,
-                  warmup=args.warmup, schedule=args.schedule, methods=methods, cpu_isa=cpu_isa(),
+                  warmup=args.warmup, schedule=args.schedule, methods=methods, cpu_isa=cpu_isa(), allocator=allocator,
                   torch=torch.__version__, machine=platform.processor() or platform.machine())
     print(f"snnops profile: {model_name}, input {size_text}, T={timesteps}, batch {args.batch_size}, "
-          f"{num_classes} classes; {threads} threads, CPU kernels {cpu_isa()}; {args.warmup} warm-up + "
-          f"{args.repeats} timed rounds, methods interleaved", flush=True)
+          f"{num_classes} classes; {threads} threads, CPU kernels {cpu_isa()}, {allocator} allocator; "
+          f"{args.warmup} warm-up + {args.repeats} timed rounds, methods interleaved", flush=True)
     total = (args.warmup + args.repeats) * len(methods) + 2 * len(methods)
     bar = _progress(total, not args.no_progress)
     t0 = time.perf_counter()
+    # The same allocator serves every method (the plain-PyTorch models too).
+    was_global = _native.caches_all_cpu_tensors()
+    if allocator == "cache":
+        _native.cache_all_cpu_tensors(True)
     try:
         rows = measure(model_name, input_size, timesteps, args.batch_size, num_classes, ranks, args.schedule,
                        methods, args.repeats, args.warmup, args.seed, bar)
     finally:
+        if allocator == "cache" and not was_global:
+            _native.cache_all_cpu_tensors(False)
         if bar is not None:
             bar.close()
     elapsed = time.perf_counter() - t0
