@@ -1,7 +1,7 @@
 """Spike GEMMs against MKL (``torch.matmul`` on float spikes), interleaved in one run.
 
     python bench/bench_spike_gemm.py [--rounds N] [--threads N] [--shapes ...] [--densities ...]
-    python bench/bench_spike_gemm.py --paths      # bit-scan and dense paths forced, for the break-even
+    python bench/bench_spike_gemm.py --paths      # set-bit lists, tables and dense forced, for the break-even
     pytest bench/bench_spike_gemm.py --benchmark-json=bench/results/spike_gemm-pytest.json
 
 Per reference shape (gemm-conv1x1, gemm-tt-in, gemm-fc) and spike density, the median of
@@ -85,8 +85,9 @@ def inputs(shape_id, density, seed=0):
 
 
 def implementations(s, w, gy, paths=False):
-    """The timed callables: ours (automatic path; with ``paths`` also forced bit-scan and
-    dense) and MKL, for the forward from float spikes, from packed spikes, and dW."""
+    """The timed callables: ours (automatic path; with ``paths`` also each path forced:
+    set-bit lists, subset-sum tables, dense) and MKL, for the forward from float spikes,
+    from packed spikes, and dW."""
     ops = torch.ops.snnops
     p = snnops.pack_spikes(s)
     fw = {
@@ -99,8 +100,8 @@ def implementations(s, w, gy, paths=False):
     if paths:
         for name in ("fwd float", "fwd packed", "dW"):
             base = fw[name]
-            fw[f"{name} [bits]"] = _with_path(base, "bits")
-            fw[f"{name} [dense]"] = _with_path(base, "dense")
+            for path in ("scan", "table", "dense"):
+                fw[f"{name} [{path}]"] = _with_path(base, path)
     return {k: _with_path(v, None) if "[" not in k else v for k, v in fw.items()}
 
 
@@ -169,8 +170,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     info = _util.machine()
+    info["load_average_start"] = os.getloadavg()  # the machine is shared: say how loaded it was
     print(f"snnops spike GEMM benchmark: threads={info['threads']}, torch {info['torch']}, "
-          f"cpu kernels {snnops.cpu_isa()}, rounds={args.rounds}")
+          f"cpu kernels {snnops.cpu_isa()}, rounds={args.rounds}, "
+          f"load average {' '.join(f'{x:.2f}' for x in info['load_average_start'])}")
     rows = []
     for shape_id in args.shapes:
         for density in args.densities:
@@ -180,13 +183,15 @@ def main(argv=None):
             ("ms[mkl fwd]", "mkl fwd ms", "{:.2f}"), ("x[fwd float]", "x fwd float", "{:.2f}"),
             ("x[fwd packed]", "x fwd packed", "{:.2f}")]
     if args.paths:
-        cols += [("x[fwd float [bits]]", "x float bits", "{:.2f}"), ("x[fwd float [dense]]", "x float dense", "{:.2f}"),
-                 ("x[fwd packed [bits]]", "x bits", "{:.2f}"), ("x[fwd packed [dense]]", "x dense", "{:.2f}")]
+        cols += [(f"x[fwd {kind} [{path}]]", f"x {kind} {path}", "{:.2f}")
+                 for kind in ("float", "packed") for path in ("scan", "table", "dense")]
     cols += [("ms[mkl dW]", "mkl dW ms", "{:.2f}"), ("x[dW]", "x dW", "{:.2f}")]
     if args.paths:
-        cols += [("x[dW [bits]]", "x dW bits", "{:.2f}"), ("x[dW [dense]]", "x dW dense", "{:.2f}")]
+        cols += [(f"x[dW [{path}]]", f"x dW {path}", "{:.2f}") for path in ("scan", "table", "dense")]
     cols += [("GFLOPs[fwd packed]", "GFLOP/s fwd", "{:.0f}"), ("saved_ratio", "saved x smaller", "{:.0f}")]
     _util.print_table(rows, cols, title="median of interleaved per-round ratios MKL / snnops (x > 1: snnops faster)")
+    info["load_average_end"] = os.getloadavg()
+    print(f"load average at the end {' '.join(f'{x:.2f}' for x in info['load_average_end'])}")
     path = _util.save_json(args.name, {"machine": info, "rows": rows})
     print(f"saved {path}")
     png = plot(rows, os.path.join(_util.RESULTS_DIR, f"{args.name}.png"))

@@ -68,8 +68,9 @@ def isa(request, monkeypatch):
     return request.param
 
 
-COMBOS = [("native", "auto"), ("native", "bits"), ("native", "dense"), ("avx2", "bits"), ("generic", "bits"),
-          ("generic", "dense")]
+# scan / table: the set-bit lists and the subset-sum tables (AVX-512) at every density.
+COMBOS = [("native", "auto"), ("native", "scan"), ("native", "table"), ("native", "dense"), ("avx2", "bits"),
+          ("generic", "bits"), ("generic", "dense")]
 
 
 @pytest.mark.parametrize("isa_path", COMBOS, ids=[f"{i}-{p}" for i, p in COMBOS])
@@ -334,12 +335,14 @@ def test_non_binary_found_while_packing_inside_the_product(monkeypatch, isa_name
     # Sparse float32 rows with an output of one column chunk take the fused pack+multiply
     # path; a bad value there is reported like the packing op reports it.
     _set_isa(monkeypatch, isa_name)
-    for density in (0.05, 0.8):  # bit-scan and dense paths both pack the float spikes
+    for path, density in (("auto", 0.05), ("auto", 0.8), ("dense", 0.8)):  # every path packs the float spikes
+        _set_path(monkeypatch, path)
         s = _spikes((3000, 70), density)
         s[2570, 66] = 0.5
         for n in (5, 64, 128, 300):
             with pytest.raises(RuntimeError, match=r"only 0 or 1, found 0.5 at index \(2570, 66\)"):
                 snnops.spike_linear(s, torch.randn(n, 70))
+    _set_path(monkeypatch, "auto")
     x = _spikes((2, 3, 70), 0.05)
     x[1, 2, 3] = -1
     with pytest.raises(RuntimeError, match=r"found -1 at index \(1, 2, 3\)"):

@@ -52,27 +52,35 @@ void parallel_pieces(int64_t n, int64_t grain, const F& fn) {
   });
 }
 
-// SNNOPS_SPIKE_GEMM=bits|dense forces one path (benchmarks measure both; tests run
-// both); unset or "auto" picks by density.
-enum class Path { kAuto, kBits, kDense };
+// SNNOPS_SPIKE_GEMM forces a path (benchmarks measure each; tests run them): "dense"
+// (MKL), "bits" (the bit paths, tables or set-bit lists by density), "scan" (set-bit
+// lists only), "table" (subset-sum tables wherever they apply); unset or "auto" picks by
+// density.
+enum class Path { kAuto, kBits, kDense, kScan, kTable };
 Path forced_path() {
   const char* v = std::getenv("SNNOPS_SPIKE_GEMM");
   if (v == nullptr) return Path::kAuto;
   if (std::strcmp(v, "bits") == 0) return Path::kBits;
   if (std::strcmp(v, "dense") == 0) return Path::kDense;
+  if (std::strcmp(v, "scan") == 0) return Path::kScan;
+  if (std::strcmp(v, "table") == 0) return Path::kTable;
   return Path::kAuto;
 }
 
-// Density (fraction of set bits) above which the dense MKL path is faster, measured on
-// the AVX-512 machine with bench/bench_spike_gemm.py --threads 1 --paths (densities 0.1
-// to 0.9, docs/spike_gemm.md). The dense path is MKL plus unpacking (or, from float
-// spikes, packing for backward) block by block, so it runs at 0.5-1.0x of MKL on float
-// spikes; the nibble scan (from density 0.3) stayed ahead of it at every density up to
-// 0.9 on gemm-conv1x1 and gemm-tt-in, forward and dW. On gemm-fc (N = 4096, 128 rows) the
-// two forwards were within noise of each other from 0.5 on (0.9-1.4x MKL), and its dW
-// bit-scan (with the huge-page output) stayed ahead or level.
-inline double dense_forward_float(int64_t N) { return N >= 1024 ? 0.6 : 0.95; }
-inline double dense_forward_packed(int64_t N) { return N >= 1024 ? 0.6 : 0.95; }
+// Density (fraction of set bits) above which the dense MKL path (MKL plus unpacking, or
+// from float spikes packing for backward, block by block in cache) takes over. On AVX-512
+// the subset-sum tables cost the same at any density and measured 1.7-2.5x MKL at 0.5 and
+// 0.9 where the dense path ran at 0.6-1.0x (bench/bench_spike_gemm.py --threads 1 --paths,
+// docs/spike_gemm.md): the dense forward is never chosen there, and dW only above 0.95 on
+// shapes the dW tables do not serve (K > 409). Without AVX-512 (the AVX2 kernels) the
+// thresholds measured on the AVX2 machine hold: dense forward above 0.6 for N >= 1024
+// (gemm-fc), above 0.95 otherwise.
+inline double dense_forward(int64_t N) {
+  if (spike_kernels::bits_avx512()) return 1.0;  // density > 1 never happens
+  return N >= 1024 ? 0.6 : 0.95;
+}
+inline double dense_forward_float(int64_t N) { return dense_forward(N); }
+inline double dense_forward_packed(int64_t N) { return dense_forward(N); }
 inline double dense_grad_weight(int64_t) { return 0.95; }
 
 // dW by subset-sum tables (spike_kernels::table_dw_task, AVX-512, dW^T partials small
@@ -80,6 +88,25 @@ inline double dense_grad_weight(int64_t) { return 0.95; }
 // (2.1x MKL on gemm-tt-in, 1.7x on gemm-conv1x1, 1 thread), the outer products' grows with
 // it; measured equal at 0.15 on gemm-tt-in and at 0.2 on gemm-conv1x1.
 constexpr double kTableDwDensity = 0.175;
+bool table_dw_on(double density) {
+  switch (forced_path()) {
+    case Path::kScan: return false;
+    case Path::kTable: return true;
+    default: return density >= kTableDwDensity;
+  }
+}
+
+// Forward by subset-sum tables (spike_kernels::table_rows_task, AVX-512) from this density
+// on. At 0.3, 1 thread: gemm-tt-in 2.5x MKL against 1.8x for the nibble scan, gemm-conv1x1
+// 1.9x both, gemm-fc 1.8x against 1.4x; at 0.2 the set-bit lists are ahead.
+constexpr double kTableFwdDensity = 0.3;
+bool table_forward_on(double density) {
+  switch (forced_path()) {
+    case Path::kScan: return false;
+    case Path::kTable: return true;
+    default: return density >= kTableFwdDensity;
+  }
+}
 
 // Nibble scan (BitGemm::nibbles, AVX-512) from this density on.
 constexpr double kNibbleDensity = 0.3;
@@ -87,9 +114,9 @@ bool nibble_scan(double density) { return density >= kNibbleDensity; }
 
 bool use_dense(double density, double threshold) {
   switch (forced_path()) {
-    case Path::kBits: return false;
     case Path::kDense: return true;
-    default: return density > threshold;
+    case Path::kAuto: return density > threshold;
+    default: return false;
   }
 }
 
@@ -474,6 +501,43 @@ std::optional<at::Tensor> defined_or_none(const std::optional<at::Tensor>& t) {
   return std::nullopt;
 }
 
+// Y [R, N] by spike_kernels::table_rows_task: tasks of 512 rows x 64 columns, adding into
+// the output rows (bias first) where a chunk is whole and row-major, else into a tile copied
+// out after.
+void table_forward(const BitGemm<float>& g) {
+  constexpr int64_t NC = spike_kernels::kOuterChunk, LP = spike_kernels::kOuterStride;
+  const int64_t nch = ceil_div(g.N, NC), rb = 512, nrb = ceil_div(g.R, rb);
+  parallel_pieces(nrb * nch, 1, [&](int64_t t0, int64_t t1) {
+    thread_local spike_kernels::Workspace ws;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t r0 = (t / nch) * rb, r1 = std::min(g.R, r0 + rb), n0 = (t % nch) * NC;
+      const int64_t nn = std::min(NC, g.N - n0);
+      alignas(64) float init[NC];
+      for (int64_t j = 0; j < NC; ++j) init[j] = (g.bias && j < nn) ? g.bias[n0 + j] : 0.0f;
+      const bool direct = g.ldo_n == 1 && nn == NC;
+      float* P;
+      int64_t ldp;
+      if (direct) {
+        P = g.out + r0 * g.ldo_r + n0;
+        ldp = g.ldo_r;
+      } else {
+        ws.tile_f.resize(rb * LP);
+        P = ws.tile_f.data();
+        ldp = LP;
+      }
+      for (int64_t r = 0; r < r1 - r0; ++r) std::memcpy(P + r * ldp, init, NC * sizeof(float));
+      spike_kernels::table_rows_task(g, r0, r1, n0, P, ldp, ws);
+      if (direct) continue;
+      for (int64_t r = r0; r < r1; ++r) {
+        float* o = g.out + r * g.ldo_r + n0 * g.ldo_n;
+        const float* src = P + (r - r0) * LP;
+        if (g.ldo_n == 1) std::memcpy(o, src, nn * sizeof(float));
+        else for (int64_t j = 0; j < nn; ++j) o[j * g.ldo_n] = src[j];
+      }
+    }
+  });
+}
+
 // Y [R, N] from packed rows [R, W] over weight [N, K].
 template <typename T>
 void bits_forward(const at::Tensor& packed2d, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -492,6 +556,9 @@ void bits_forward(const at::Tensor& packed2d, const at::Tensor& weight, const st
   g.ldo_n = out2d.stride(1);
   g.bias = bias.has_value() ? bias->data_ptr<T>() : nullptr;
   g.nibbles = nibble_scan(density);
+  if constexpr (std::is_same_v<T, float>) {
+    if (spike_kernels::bits_avx512() && table_forward_on(density)) return table_forward(g);
+  }
   run_bitgemm<T>(g);
 }
 
@@ -649,7 +716,8 @@ std::tuple<at::Tensor, at::Tensor> spike_gemm_cpu(const at::Tensor& spikes, cons
       if (bad >= 0) throw_non_binary_row(spikes, dim, bad / K, bad % K, op);
       return {out, packed};
     }
-    if (N <= spike_kernels::bitgemm_chunk(N, avx2)) {
+    if (N <= spike_kernels::bitgemm_chunk(N, avx2) &&
+        !(spike_kernels::bits_avx512() && table_forward_on((double)ones / (double)(S * K)))) {
       at::Tensor out = at::empty(shape, weight.options());
       advise_huge_pages(out);
       BitGemm<float> g{reinterpret_cast<const uint32_t*>(packed.data_ptr<int32_t>()), W, R, K,
@@ -746,7 +814,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spike_gemm_bwd_cpu(const at::Tens
       } else {
         at::mm_out(gw, g.t(), unpack_impl(p, K, -1, ct, op));
       }
-    } else if (ct == at::kFloat && spike_kernels::bits_avx512() && density >= kTableDwDensity &&
+    } else if (ct == at::kFloat && spike_kernels::bits_avx512() && table_dw_on(density) &&
                K * spike_kernels::kOuterStride * (int64_t)gw.element_size() <= kOuterMaxBytes) {
       outer_grad_weight<float>(p, g, K, gw, /*table=*/true);
     } else if (K * spike_kernels::kOuterStride * (int64_t)gw.element_size() <= kOuterMaxBytes &&

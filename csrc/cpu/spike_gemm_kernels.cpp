@@ -603,66 +603,118 @@ SNN_AVX512_BITS static inline void transpose_rows32_avx512(const uint32_t* S, in
   }
 }
 
-SNN_AVX512_BITS void table_dw_avx512(const uint32_t* S, int64_t K, const float* dY, int64_t ldy, int64_t M,
-                                     int64_t m0, int64_t m1, int64_t n0, int64_t nn, float* P, float* table,
-                                     uint32_t* T) {
+// Lane masks of the 4 vectors of a 64-column chunk holding nn columns.
+static inline void chunk_masks(int64_t nn, __mmask16 cm[4]) {
+  for (int z = 0; z < 4; ++z) {
+    const int64_t v = std::min<int64_t>(16, std::max<int64_t>(0, nn - 16 * z));
+    cm[z] = (__mmask16)(v >= 16 ? 0xFFFF : (1u << v) - 1);
+  }
+}
+
+// The 8 groups x 16 subset sums of 32 rows of 64 columns (row i at src + i * lds for
+// i < valid, zero rows after; columns outside cm read as zero): table[(16 q + v) * 64, +64)
+// = sum of rows 4q + i over the bits i of v. Sums of pairs, then one add per subset.
+SNN_AVX512_BITS static inline void build_table32(const float* src, int64_t lds, int64_t valid, const __mmask16 cm[4],
+                                                 float* table) {
   constexpr int64_t NC = kOuterChunk;
-  const int64_t W = words_of(K);
-  const __mmask16 cm[4] = {
-      (__mmask16)(nn >= 16 ? 0xFFFF : (1u << std::max<int64_t>(nn, 0)) - 1),
-      (__mmask16)(nn >= 32 ? 0xFFFF : nn <= 16 ? 0 : (1u << (nn - 16)) - 1),
-      (__mmask16)(nn >= 48 ? 0xFFFF : nn <= 32 ? 0 : (1u << (nn - 32)) - 1),
-      (__mmask16)(nn >= 64 ? 0xFFFF : nn <= 48 ? 0 : (1u << (nn - 48)) - 1)};
-  for (int64_t mw = m0; mw < m1; mw += 32) {
-    // Table of this word's 32 rows (rows >= M are zero: their bits are zero too).
-    for (int64_t q = 0; q < 8; ++q) {
-      float* tq = table + q * 16 * NC;
-      __m512 rows[4][4];
-      for (int i = 0; i < 4; ++i) {
-        const int64_t m = mw + 4 * q + i;
-        const float* y = dY + m * ldy + n0;
+  for (int64_t q = 0; q < 8; ++q) {
+    float* tq = table + q * 16 * NC;
+    __m512 rows[4][4];
+    for (int i = 0; i < 4; ++i) {
+      const int64_t m = 4 * q + i;
+      const float* y = src + m * lds;
 #pragma GCC unroll 4
-        for (int z = 0; z < 4; ++z)
-          rows[i][z] = m < m1 ? _mm512_maskz_loadu_ps(cm[z], y + 16 * z) : _mm512_setzero_ps();
-      }
-#pragma GCC unroll 4
-      for (int z = 0; z < 4; ++z) {
-        const __m512 r0 = rows[0][z], r1 = rows[1][z], r2 = rows[2][z], r3 = rows[3][z];
-        const __m512 s01 = _mm512_add_ps(r0, r1), s23 = _mm512_add_ps(r2, r3);
-        // Subset v = (bits of rows 0..3): sums built from pairs, each one add (or none).
-        const __m512 lo[4] = {_mm512_setzero_ps(), r0, r1, s01};
-        const __m512 hi[4] = {_mm512_setzero_ps(), r2, r3, s23};
-#pragma GCC unroll 4
-        for (int h = 0; h < 4; ++h)
-#pragma GCC unroll 4
-          for (int l = 0; l < 4; ++l)
-            _mm512_store_ps(tq + (4 * h + l) * NC + 16 * z,
-                            h == 0 ? lo[l] : l == 0 ? hi[h] : _mm512_add_ps(lo[l], hi[h]));
-      }
+      for (int z = 0; z < 4; ++z) rows[i][z] = m < valid ? _mm512_maskz_loadu_ps(cm[z], y + 16 * z) : _mm512_setzero_ps();
     }
-    transpose_rows32_avx512(S + mw * W, W, std::min<int64_t>(32, m1 - mw), T);
+#pragma GCC unroll 4
+    for (int z = 0; z < 4; ++z) {
+      const __m512 r0 = rows[0][z], r1 = rows[1][z], r2 = rows[2][z], r3 = rows[3][z];
+      const __m512 lo[4] = {_mm512_setzero_ps(), r0, r1, _mm512_add_ps(r0, r1)};
+      const __m512 hi[4] = {_mm512_setzero_ps(), r2, r3, _mm512_add_ps(r2, r3)};
+#pragma GCC unroll 4
+      for (int h = 0; h < 4; ++h)
+#pragma GCC unroll 4
+        for (int l = 0; l < 4; ++l)
+          _mm512_store_ps(tq + (4 * h + l) * NC + 16 * z, h == 0 ? lo[l] : l == 0 ? hi[h] : _mm512_add_ps(lo[l], hi[h]));
+    }
+  }
+}
+
+// p[0, 64) += the 8 table rows the nibbles of x select. One chain per vector: successive
+// calls are independent, so out-of-order execution overlaps them (a second accumulator
+// set measured slower: its extra adds).
+SNN_AVX512_BITS static inline void add_table_rows(uint32_t x, const float* table, float* p) {
+  constexpr int64_t NC = kOuterChunk;
+  __m512 a0 = _mm512_loadu_ps(p), a1 = _mm512_loadu_ps(p + 16), a2 = _mm512_loadu_ps(p + 32), a3 = _mm512_loadu_ps(p + 48);
+#pragma GCC unroll 8
+  for (int q = 0; q < 8; ++q) {
+    const float* ra = table + (q * 16 + ((x >> (4 * q)) & 15u)) * NC;
+    a0 = _mm512_add_ps(a0, _mm512_load_ps(ra));
+    a1 = _mm512_add_ps(a1, _mm512_load_ps(ra + 16));
+    a2 = _mm512_add_ps(a2, _mm512_load_ps(ra + 32));
+    a3 = _mm512_add_ps(a3, _mm512_load_ps(ra + 48));
+  }
+  _mm512_storeu_ps(p, a0);  // (p is any output row when the forward adds in place)
+  _mm512_storeu_ps(p + 16, a1);
+  _mm512_storeu_ps(p + 32, a2);
+  _mm512_storeu_ps(p + 48, a3);
+}
+
+SNN_AVX512_BITS void table_dw_avx512(const uint32_t* S, int64_t K, const float* dY, int64_t ldy, int64_t m0,
+                                     int64_t m1, int64_t n0, int64_t nn, float* P, float* table, uint32_t* T) {
+  const int64_t W = words_of(K);
+  __mmask16 cm[4];
+  chunk_masks(nn, cm);
+  for (int64_t mw = m0; mw < m1; mw += 32) {
+    const int64_t valid = std::min<int64_t>(32, m1 - mw);
+    build_table32(dY + mw * ldy + n0, ldy, valid, cm, table);  // rows >= m1: zero (their bits are 0 too)
+    transpose_rows32_avx512(S + mw * W, W, valid, T);
     for (int64_t jw = 0; jw < 32 * W; ++jw) {
       const int64_t k = (jw % W) * 32 + jw / W;
-      if (k >= K) continue;
-      const uint32_t x = T[jw];
-      float* pk = P + k * kOuterStride;
-      __m512 a0 = _mm512_load_ps(pk), a1 = _mm512_load_ps(pk + 16), a2 = _mm512_load_ps(pk + 32),
-             a3 = _mm512_load_ps(pk + 48);
-      // One chain per vector: consecutive k are independent, so out-of-order execution
-      // overlaps them (a second accumulator set measured slower: its extra adds).
-#pragma GCC unroll 8
-      for (int q = 0; q < 8; ++q) {
-        const float* ra = table + (q * 16 + ((x >> (4 * q)) & 15u)) * NC;
-        a0 = _mm512_add_ps(a0, _mm512_load_ps(ra));
-        a1 = _mm512_add_ps(a1, _mm512_load_ps(ra + 16));
-        a2 = _mm512_add_ps(a2, _mm512_load_ps(ra + 32));
-        a3 = _mm512_add_ps(a3, _mm512_load_ps(ra + 48));
-      }
-      _mm512_store_ps(pk, a0);
-      _mm512_store_ps(pk + 16, a1);
-      _mm512_store_ps(pk + 32, a2);
-      _mm512_store_ps(pk + 48, a3);
+      if (k < K) add_table_rows(T[jw], table, P + k * kOuterStride);
     }
+  }
+}
+
+// Forward by subset-sum tables: P[(r - r0) * ldp, + 64) += sum over the set bits c of row r
+// of A of B[c, n0 + j] (j < nn), P initialised by the caller. Per word of A (32 values of
+// c): the 32 B rows (W^T rows transposed from W by 16x16 blocks into `pan`, or read in
+// place), their 32 KiB table, then one add_table_rows per row.
+SNN_AVX512_BITS void table_rows_avx512(const BitGemm<float>& g, int64_t r0, int64_t r1, int64_t n0, float* P,
+                                       int64_t ldp, float* table, float* pan) {
+  constexpr int64_t NC = kOuterChunk;
+  const int64_t nn = std::min(NC, g.N - n0);
+  const int64_t CW = words_of(g.C);
+  const uint32_t lastmask = last_word_mask(g.C);
+  __mmask16 cm[4];
+  chunk_masks(nn, cm);
+  for (int64_t w = 0; w < CW; ++w) {
+    const int64_t c0 = 32 * w, cv = std::min<int64_t>(32, g.C - c0);
+    const float* src;
+    int64_t lds;
+    if (g.ldb_n == 1) {
+      src = g.B + c0 * g.ldb_c + n0;
+      lds = g.ldb_c;
+    } else {
+      if (g.ldb_c == 1 && cv == 32 && nn % 16 == 0) {
+        for (int64_t j = 0; j < nn; j += 16) {
+          // W rows are K floats apart (16 KiB on gemm-fc): fetch those of the word after next.
+          if (c0 + 64 < g.C)
+            for (int i = 0; i < 16; ++i)
+              _mm_prefetch(reinterpret_cast<const char*>(g.B + c0 + 64 + (n0 + j + i) * g.ldb_n), _MM_HINT_T0);
+          transpose16x16(g.B + c0 + (n0 + j) * g.ldb_n, g.ldb_n, pan + j, NC);
+          transpose16x16(g.B + c0 + 16 + (n0 + j) * g.ldb_n, g.ldb_n, pan + 16 * NC + j, NC);
+        }
+      } else {
+        for (int64_t c = 0; c < cv; ++c)
+          for (int64_t j = 0; j < nn; ++j) pan[c * NC + j] = g.B[(c0 + c) * g.ldb_c + (n0 + j) * g.ldb_n];
+      }
+      src = pan;
+      lds = NC;
+    }
+    build_table32(src, lds, cv, cm, table);
+    const uint32_t mask = w == CW - 1 ? lastmask : 0xFFFFFFFFu;
+    for (int64_t r = r0; r < r1; ++r) add_table_rows(g.A[r * g.lda + w] & mask, table, P + (r - r0) * ldp);
   }
 }
 #pragma GCC diagnostic pop
@@ -1043,9 +1095,20 @@ void table_dw_task(const uint32_t* S, int64_t K, const float* dY, int64_t ldy, i
   if (ws.table_f.size() < (size_t)(8 * 16 * kOuterChunk)) ws.table_f.resize(8 * 16 * kOuterChunk);
   const size_t tw = (size_t)(32 * words_of(K) + 16);
   if (ws.idx.size() < tw) ws.idx.resize(tw);
-  table_dw_avx512(S, K, dY, ldy, M, m0, m1, n0, nn, P, ws.table_f.data(), reinterpret_cast<uint32_t*>(ws.idx.data()));
+  (void)M;
+  table_dw_avx512(S, K, dY, ldy, m0, m1, n0, nn, P, ws.table_f.data(), reinterpret_cast<uint32_t*>(ws.idx.data()));
 #else
   (void)S, (void)K, (void)dY, (void)ldy, (void)M, (void)m0, (void)m1, (void)n0, (void)nn, (void)P, (void)ws;
+#endif
+}
+
+void table_rows_task(const BitGemm<float>& g, int64_t r0, int64_t r1, int64_t n0, float* P, int64_t ldp, Workspace& ws) {
+#if SNN_HAVE_AVX512
+  if (ws.table_f.size() < (size_t)(8 * 16 * kOuterChunk)) ws.table_f.resize(8 * 16 * kOuterChunk);
+  if (ws.panel_f.size() < (size_t)(32 * kOuterChunk)) ws.panel_f.resize(32 * kOuterChunk);
+  table_rows_avx512(g, r0, r1, n0, P, ldp, ws.table_f.data(), ws.panel_f.data());
+#else
+  (void)g, (void)r0, (void)r1, (void)n0, (void)P, (void)ldp, (void)ws;
 #endif
 }
 

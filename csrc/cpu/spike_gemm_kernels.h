@@ -98,6 +98,12 @@ void outer_dw_task(const uint32_t* S, int64_t K, const double* dY, int64_t ldy, 
 void table_dw_task(const uint32_t* S, int64_t K, const float* dY, int64_t ldy, int64_t M, int64_t m0, int64_t m1,
                    int64_t n0, int64_t nn, float* P, Workspace& ws);
 
+// The forward's product by the same tables (AVX-512 only): P[(r - r0) * ldp + j] +=
+// sum over the set bits c of row r of A of B[c, n0 + j], j < kOuterChunk (P initialised by
+// the caller; columns past N - n0 receive zeros). Per word of A: the 32 rows of B it covers
+// (transposed from W when B = W^T), their 32 KiB table, one table row per nibble of each row.
+void table_rows_task(const BitGemm<float>& g, int64_t r0, int64_t r1, int64_t n0, float* P, int64_t ldp, Workspace& ws);
+
 // Bit-matrix transpose of packed rows: src [R, W] (row stride W) -> dst [K, ceil(R/32)],
 // for the 32-row group rw and word column w (one 32x32 block).
 void transpose_bits_block(const uint32_t* src, int64_t R, int64_t W, int64_t K, int64_t rw, int64_t w,
