@@ -434,6 +434,9 @@ int64_t run_bitgemm(const BitGemm<T>& g) {
 // conv1x1 dW at density 0.1: 2.5x MKL -> see docs/spike_gemm.md). Tasks are (row block,
 // column chunk); row blocks (as many as keep the threads busy) sum their partials at the end.
 constexpr int64_t kOuterMaxBytes = 128 * 1024;
+// The dW tables also serve one row block (M <= 4096) with a larger dW^T tile per column
+// chunk, written straight to dW: up to 2 MiB (L2; gemm-fc's is 1.25 MiB).
+constexpr int64_t kTableTileMaxBytes = 2 * 1024 * 1024;
 
 template <typename T>
 void outer_grad_weight(const at::Tensor& packed2d, const at::Tensor& g, int64_t K, at::Tensor& gw, bool table = false) {
@@ -448,10 +451,29 @@ void outer_grad_weight(const at::Tensor& packed2d, const at::Tensor& g, int64_t 
   // std::vector's 16-byte alignment every 64-byte access split two lines and the loads
   // missed store forwarding (3-4x slower).
   constexpr int64_t LP = spike_kernels::kOuterStride;
-  at::Tensor partial_t = at::zeros({nmb * nch * K * LP}, g.options());
-  T* partial = partial_t.data_ptr<T>();
   const uint32_t* S = reinterpret_cast<const uint32_t*>(packed2d.data_ptr<int32_t>());
   const T* dY = g.data_ptr<T>();
+  if constexpr (std::is_same_v<T, float>) {
+    if (table && nmb == 1) {
+      // One row block (gemm-fc: 128 rows, K = 4096): each column chunk's dW^T tile (K x 64,
+      // L2) goes straight to its rows of dW, by 16x16 transposes; no partials to sum.
+      float* out = gw.data_ptr<float>();
+      parallel_pieces(nch, 1, [&](int64_t t0, int64_t t1) {
+        thread_local spike_kernels::Workspace ws;
+        thread_local spike_kernels::AlignedVector<float> tile;
+        tile.resize(K * LP);
+        for (int64_t ch = t0; ch < t1; ++ch) {
+          std::fill(tile.begin(), tile.end(), 0.0f);
+          const int64_t n0 = ch * NC, nn = std::min(NC, N - n0);
+          spike_kernels::table_dw_task(S, K, dY, N, M, 0, M, n0, nn, tile.data(), ws);
+          spike_kernels::transpose_tile(tile.data(), LP, K, nn, out + n0 * K, K);
+        }
+      });
+      return;
+    }
+  }
+  at::Tensor partial_t = at::zeros({nmb * nch * K * LP}, g.options());
+  T* partial = partial_t.data_ptr<T>();
   const bool avx2 = std::is_same_v<T, float> && spike_kernels::bits_avx2();
   const double work = (double)M * (double)N * (double)std::max<int64_t>(1, K / 32);
   parallel_pieces(nmb * nch, work < 2e6 ? nmb * nch : 1, [&](int64_t t0, int64_t t1) {
@@ -815,7 +837,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spike_gemm_bwd_cpu(const at::Tens
         at::mm_out(gw, g.t(), unpack_impl(p, K, -1, ct, op));
       }
     } else if (ct == at::kFloat && spike_kernels::bits_avx512() && table_dw_on(density) &&
-               K * spike_kernels::kOuterStride * (int64_t)gw.element_size() <= kOuterMaxBytes) {
+               (K * spike_kernels::kOuterStride * (int64_t)gw.element_size() <= kOuterMaxBytes ||
+                (R <= 4096 && K * spike_kernels::kOuterStride * 4 <= kTableTileMaxBytes))) {
       outer_grad_weight<float>(p, g, K, gw, /*table=*/true);
     } else if (K * spike_kernels::kOuterStride * (int64_t)gw.element_size() <= kOuterMaxBytes &&
                !(nibble_scan(density) && spike_kernels::bits_avx512())) {

@@ -1112,6 +1112,25 @@ void table_rows_task(const BitGemm<float>& g, int64_t r0, int64_t r1, int64_t n0
 #endif
 }
 
+#if SNN_HAVE_AVX512
+SNN_AVX512_BITS static void transpose_tile_avx512(const float* P, int64_t ldp, int64_t K, int64_t nn, float* out,
+                                                  int64_t ldo) {
+  const int64_t k16 = K / 16 * 16, n16 = nn / 16 * 16;
+  for (int64_t j = 0; j < n16; j += 16)
+    for (int64_t k = 0; k < k16; k += 16) transpose16x16(P + k * ldp + j, ldp, out + j * ldo + k, ldo);
+  for (int64_t j = 0; j < nn; ++j)
+    for (int64_t k = (j < n16 ? k16 : 0); k < K; ++k) out[j * ldo + k] = P[k * ldp + j];
+}
+#endif
+
+void transpose_tile(const float* P, int64_t ldp, int64_t K, int64_t nn, float* out, int64_t ldo) {
+#if SNN_HAVE_AVX512
+  if (bits_avx512()) return transpose_tile_avx512(P, ldp, K, nn, out, ldo);
+#endif
+  for (int64_t j = 0; j < nn; ++j)
+    for (int64_t k = 0; k < K; ++k) out[j * ldo + k] = P[k * ldp + j];
+}
+
 void transpose_bits_block(const uint32_t* src, int64_t R, int64_t W, int64_t K, int64_t rw, int64_t w,
                           uint32_t* dst) {
   const int64_t RW = words_of(R);

@@ -104,6 +104,9 @@ void table_dw_task(const uint32_t* S, int64_t K, const float* dY, int64_t ldy, i
 // (transposed from W when B = W^T), their 32 KiB table, one table row per nibble of each row.
 void table_rows_task(const BitGemm<float>& g, int64_t r0, int64_t r1, int64_t n0, float* P, int64_t ldp, Workspace& ws);
 
+// out[j * ldo + k] = P[k * ldp + j] for j < nn, k < K (a dW^T tile into rows of dW).
+void transpose_tile(const float* P, int64_t ldp, int64_t K, int64_t nn, float* out, int64_t ldo);
+
 // Bit-matrix transpose of packed rows: src [R, W] (row stride W) -> dst [K, ceil(R/32)],
 // for the 32-row group rw and word column w (one 32x32 block).
 void transpose_bits_block(const uint32_t* src, int64_t R, int64_t W, int64_t K, int64_t rw, int64_t w,
