@@ -425,9 +425,10 @@ SNN_AVX512_BITS int64_t scan_rows_avx512(const uint32_t* A, int64_t lda, int64_t
     if constexpr (PACK) {
       if (r + pf_rows < r1) {
         const char* f = reinterpret_cast<const char*>(psrc + (r + pf_rows) * psrc_ld);
-        // Into L2 (T1): measured 10-15% faster than into L1 (T0) on gemm-tt-in at density
-        // 0.1 (NTA: 2x slower, none: 10% slower).
-        for (int64_t l = 0; l < pf_lines; ++l) _mm_prefetch(f + 64 * l, _MM_HINT_T1);
+        // Into L1 (T0). Into L2 (T1) measured 10% faster on a quiet machine but 15-40% slower
+        // while other jobs loaded the memory (gemm-tt-in and gemm-conv1x1 at density 0.1);
+        // NTA 2x slower, none 10% slower.
+        for (int64_t l = 0; l < pf_lines; ++l) _mm_prefetch(f + 64 * l, _MM_HINT_T0);
       }
       if (!pack_row_avx512(psrc + r * psrc_ld, pk, const_cast<uint32_t*>(A + r * lda))) return r;
     }
