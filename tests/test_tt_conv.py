@@ -292,6 +292,32 @@ def test_tt_conv_groups_of_small_images(cpu_isa, threads, parallel, schedule, po
         torch.set_num_threads(old)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("schedule,pool", [([True, True, False, False], False), ([False, True, False, True], True)],
+                         ids=str)
+def test_tt_conv_half_steps_in_bands(cpu_isa, threads, schedule, pool):
+    # Images too large for one work unit are split into bands of rows: the half steps'
+    # compact path handles its own rows only (no halo), packing float spikes in place.
+    x = spikes(4, 64, 40, 40)
+    packed = snnops.pack_spikes(x, 1)
+    g1 = torch.randn(32, 64, 1, 1)
+    w2, w3, w4 = block_weights(32, 48, True)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        y, idx, words = torch.ops.snnops.tt_conv(None, x, g1, w2, w3, w4, True, schedule, pool)
+        ref, ref_idx = reference.tt_conv(packed, x, g1, w2, w3, w4, True, schedule, pool)
+        assert torch.equal(words, packed)
+        close(y, ref)
+        g = torch.randn_like(ref)
+        ours = torch.ops.snnops.tt_conv_bwd(g, packed, g1, w2, w3, w4, idx, True, schedule, pool, [True] * 5)
+        want = reference.tt_conv_bwd(g, packed, g1, w2, w3, w4, ref_idx, True, schedule, pool, [True] * 5)
+        for a, b in zip(ours, want):
+            close(a, b)
+    finally:
+        torch.set_num_threads(old)
+
+
 @pytest.mark.parametrize("parallel,schedule,pool", BLOCK_CASES, ids=lambda v: str(v))
 def test_tt_conv_float64_gradients(parallel, schedule, pool):
     # float64 always runs the portable C++ path (the AVX2 kernels are float32)
@@ -341,6 +367,8 @@ def test_tt_conv_bad_input():
         x = torch.zeros(2, 8, 5, 5)
         x[1, 3, 2, 4] = 0.5
         torch.ops.snnops.tt_conv(None, x, g1, w2, w3, w4, True, [], False)
+    with pytest.raises(RuntimeError, match=r"0/1 spikes; found 0.5 at \[1, 3, 2, 4\]"):
+        torch.ops.snnops.tt_conv(None, x, g1, w2, w3, w4, True, [True, False], False)  # at a half step
     with pytest.raises(ValueError, match="x has 5 channels"):
         snnops.tt_conv(torch.zeros(2, 5, 5, 5), g1, w2, w3, w4)
 
