@@ -185,6 +185,50 @@ SNN_AVX2 static inline int64_t pack_columns_f32(const float* x, int64_t K, int64
   return -1;
 }
 
+// AVX-512: sixteen positions per step, so every load is one whole cache line of a
+// feature's row, and one masked OR per feature adds its bit to the sixteen words.
+// Non-binary input or a partial last group goes through pack_columns_f32 (which
+// also finds the bad value).
+SNN_AVX512 static inline int64_t pack_columns_f32_avx512(const float* x, int64_t K, int64_t k_stride, int64_t n,
+                                                        uint32_t* out, int64_t out_stride) {
+  const int64_t nw = packed_words(K);
+  const int64_t full = n / 16 * 16;
+  const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
+  const __m512i lane_rows = _mm512_mullo_epi32(
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32((int)out_stride));
+  __mmask16 ok = 0xFFFF;
+  for (int64_t i = 0; i < full; i += 16) {
+    for (int64_t w = 0; w < nw; ++w) {
+      const int64_t k0 = w * kWordBits;
+      const int nb = (int)(k0 + kWordBits < K ? kWordBits : K - k0);
+      __m512i acc = _mm512_setzero_si512();
+      const float* p = x + k0 * k_stride + i;
+      for (int b = 0; b < nb; ++b) {
+        // The same feature's line two groups ahead: 32+ rows a kernel-stride apart are
+        // more streams than the hardware prefetcher follows.
+        if (i + 32 < full) _mm_prefetch(reinterpret_cast<const char*>(p + b * k_stride + 32), _MM_HINT_T0);
+        const __m512 v = _mm512_loadu_ps(p + b * k_stride);
+        const __mmask16 is1 = _mm512_cmp_ps_mask(v, one, _CMP_EQ_OQ);
+        ok &= (__mmask16)(is1 | _mm512_cmp_ps_mask(v, zero, _CMP_EQ_OQ));
+        acc = _mm512_mask_or_epi32(acc, is1, acc, _mm512_set1_epi32((int)(1u << b)));
+      }
+      if (out_stride == 1)
+        _mm512_storeu_si512(out + i, acc);
+      else
+        _mm512_i32scatter_epi32(out + i * out_stride + w, lane_rows, acc, 4);
+    }
+  }
+  if (ok != 0xFFFF) return pack_columns_f32(x, K, k_stride, n, out, out_stride);
+  if (full < n) {
+    const int64_t r = pack_columns_f32(x + full, K, k_stride, n - full, out + full * out_stride, out_stride);
+    if (r >= 0) {
+      const int64_t k = r / (n - full), i = r % (n - full);
+      return k * n + full + i;
+    }
+  }
+  return -1;
+}
+
 SNN_AVX2 static inline void unpack_row_f32(const uint32_t* words, int64_t K, float* x) {
   const __m256 one = _mm256_set1_ps(1.0f);
   const int64_t full = K / 8;

@@ -371,7 +371,10 @@ int64_t pack_rows(const Problem& pb, int64_t n, int64_t lo, int64_t hi, uint32_t
   int64_t bad = -1;
 #if SNN_HAVE_AVX2
   if constexpr (std::is_same<T, float>::value) {
-    if (use_avx2()) bad = spike_pack::pack_columns_f32(x, pb.cin, hw, count, out, pb.words);
+    if (use_avx512())
+      bad = spike_pack::pack_columns_f32_avx512(x, pb.cin, hw, count, out, pb.words);
+    else if (use_avx2())
+      bad = spike_pack::pack_columns_f32(x, pb.cin, hw, count, out, pb.words);
     else bad = spike_pack::pack_columns<T>(x, pb.cin, hw, count, out, pb.words);
   } else
 #endif
