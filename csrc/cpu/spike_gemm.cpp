@@ -525,15 +525,34 @@ std::optional<at::Tensor> defined_or_none(const std::optional<at::Tensor>& t) {
 
 // Y [R, N] by spike_kernels::table_rows_task: tasks of 512 rows x 64 columns, adding into
 // the output rows (bias first) where a chunk is whole and row-major, else into a tile copied
-// out after.
-void table_forward(const BitGemm<float>& g) {
+// out after. With g.src (float spikes) a task is a row block over every column chunk and
+// packs its rows first: one parallel region for packing and product (each region waits
+// for the other thread at its end, a time slice when the machine is shared). Returns -1 or
+// r * C + k of a value src[r, k] that is not 0 or 1.
+int64_t table_forward(const BitGemm<float>& g) {
   constexpr int64_t NC = spike_kernels::kOuterChunk, LP = spike_kernels::kOuterStride;
   const int64_t nch = ceil_div(g.N, NC), rb = 512, nrb = ceil_div(g.R, rb);
-  parallel_pieces(nrb * nch, 1, [&](int64_t t0, int64_t t1) {
+  const int64_t per_task = g.src ? nch : 1;
+  std::atomic<int64_t> bad{-1};
+  parallel_pieces(nrb * nch / per_task, 1, [&](int64_t t0, int64_t t1) {
     thread_local spike_kernels::Workspace ws;
-    for (int64_t t = t0; t < t1; ++t) {
+    for (int64_t t = t0 * per_task; t < t1 * per_task; ++t) {
       const int64_t r0 = (t / nch) * rb, r1 = std::min(g.R, r0 + rb), n0 = (t % nch) * NC;
       const int64_t nn = std::min(NC, g.N - n0);
+      if (g.src && n0 == 0) {
+        uint32_t* A = const_cast<uint32_t*>(g.A);
+        const bool avx2 = spike_kernels::bits_avx2();
+        bool ok = true;
+        for (int64_t r = r0; r < r1 && ok; ++r) {
+          const int64_t k = spike_kernels::pack_row(g.src + r * g.src_ld, g.C, A + r * g.lda, avx2);
+          if (k >= 0) {
+            int64_t expect = -1;
+            bad.compare_exchange_strong(expect, r * g.C + k);
+            ok = false;
+          }
+        }
+        if (!ok) return;
+      }
       alignas(64) float init[NC];
       for (int64_t j = 0; j < NC; ++j) init[j] = (g.bias && j < nn) ? g.bias[n0 + j] : 0.0f;
       const bool direct = g.ldo_n == 1 && nn == NC;
@@ -558,6 +577,7 @@ void table_forward(const BitGemm<float>& g) {
       }
     }
   });
+  return bad.load();
 }
 
 // Y [R, N] from packed rows [R, W] over weight [N, K].
@@ -579,7 +599,10 @@ void bits_forward(const at::Tensor& packed2d, const at::Tensor& weight, const st
   g.bias = bias.has_value() ? bias->data_ptr<T>() : nullptr;
   g.nibbles = nibble_scan(density);
   if constexpr (std::is_same_v<T, float>) {
-    if (spike_kernels::bits_avx512() && table_forward_on(density)) return table_forward(g);
+    if (spike_kernels::bits_avx512() && table_forward_on(density)) {
+      table_forward(g);
+      return;
+    }
   }
   run_bitgemm<T>(g);
 }
@@ -738,8 +761,19 @@ std::tuple<at::Tensor, at::Tensor> spike_gemm_cpu(const at::Tensor& spikes, cons
       if (bad >= 0) throw_non_binary_row(spikes, dim, bad / K, bad % K, op);
       return {out, packed};
     }
-    if (N <= spike_kernels::bitgemm_chunk(N, avx2) &&
-        !(spike_kernels::bits_avx512() && table_forward_on((double)ones / (double)(S * K)))) {
+    const bool table = spike_kernels::bits_avx512() && table_forward_on((double)ones / (double)(S * K));
+    // Tables with the packing fused, when the row blocks alone keep the threads busy.
+    if (table && R >= 512 * 2 * at::get_num_threads()) {
+      at::Tensor out = at::empty(shape, weight.options());
+      advise_huge_pages(out);
+      BitGemm<float> g{reinterpret_cast<const uint32_t*>(packed.data_ptr<int32_t>()), W, R, K,
+                       weight.data_ptr<float>(), weight.stride(1), weight.stride(0), N, out.data_ptr<float>(), N, 1,
+                       b.defined() ? b.data_ptr<float>() : nullptr, src, K};
+      const int64_t bad = table_forward(g);
+      if (bad >= 0) throw_non_binary_row(spikes, dim, bad / K, bad % K, op);
+      return {out, packed};
+    }
+    if (N <= spike_kernels::bitgemm_chunk(N, avx2) && !table) {
       at::Tensor out = at::empty(shape, weight.options());
       advise_huge_pages(out);
       BitGemm<float> g{reinterpret_cast<const uint32_t*>(packed.data_ptr<int32_t>()), W, R, K,
