@@ -555,7 +555,9 @@ int64_t table_forward(const BitGemm<float>& g) {
       }
       alignas(64) float init[NC];
       for (int64_t j = 0; j < NC; ++j) init[j] = (g.bias && j < nn) ? g.bias[n0 + j] : 0.0f;
-      const bool direct = g.ldo_n == 1 && nn == NC;
+      // (Not with output rows a multiple of 4 KiB apart, gemm-fc's: all rows of a task
+      // then fall in the same L1 sets; the tile rows are padded.)
+      const bool direct = g.ldo_n == 1 && nn == NC && g.ldo_r % 1024 != 0;
       float* P;
       int64_t ldp;
       if (direct) {
