@@ -274,7 +274,9 @@ at::Tensor pack_impl(const at::Tensor& spikes_in, int64_t dim, int64_t* nnz, con
     const scalar_t* src = rows ? x.movedim(dim, -1).data_ptr<scalar_t>() : x.data_ptr<scalar_t>();
     if (rows) {
       const int64_t R = outer * inner;
-      parallel_pieces(R, std::max<int64_t>(1, 16384 / std::max<int64_t>(K, 1)), [&](int64_t r0, int64_t r1) {
+      // Pieces of 256 K values (1 MiB of float32): gemm-fc's 128 x 4096 spikes are packed
+      // on the calling thread, not in a parallel region of their own.
+      parallel_pieces(R, std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(K, 1)), [&](int64_t r0, int64_t r1) {
         int64_t bad_row = -1;
         const int64_t k = pack_rows_block<scalar_t>(src, K, out, W, r0, r1, avx2, &bad_row);
         if (k >= 0) {
