@@ -592,6 +592,77 @@ SNN_AVX512 void bwd_bits_avx512(const LifParams& p, const float* g_spk, const fl
     if (gv0) std::memcpy(gv0 + a0, g, len * sizeof(float));
   }
 }
+// The recompute backward (smooth surrogates, or a reset kept in the graph): the
+// AVX2 kernel's walk and arithmetic 16 neurons at a time. The surrogate runs as the
+// AVX2 code on both 256-bit halves (one code path for every surrogate, the same
+// rounding); at 2 threads the AVX2 kernel's instructions, not memory, set its pace.
+SNN_AVX512 static inline __m512 surrogate512(const LifParams& p, const VecConsts& k, __m512 u) {
+  const __m256 lo = surrogate_ps(p, k, _mm512_castps512_ps256(u));
+  const __m256 hi = surrogate_ps(p, k, _mm512_extractf32x8_ps(u, 1));
+  return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
+}
+
+SNN_AVX512 void bwd_recompute_avx512(const LifParams& p, const float* x, const float* v0, const float* g_spk,
+                                     const float* g_vlast, const float* g_mem, float* gx, float* gv0, int64_t steps,
+                                     int64_t N, int64_t n0, int64_t n1) {
+  const VecConsts k = make_consts(p);
+  const Vec512 q = make_consts512(p);
+  const int64_t blk = recompute_block(steps, sizeof(float));
+  std::vector<float> hist_buf(steps * blk), v_buf(blk), g_buf(blk);
+  float *hist = hist_buf.data(), *v = v_buf.data(), *g = g_buf.data();
+  for (int64_t a0 = n0; a0 < n1; a0 += blk) {
+    const int64_t len = std::min(blk, n1 - a0);
+    const int64_t vec = len / 16 * 16;
+    if (v0) std::memcpy(v, v0 + a0, len * sizeof(float));
+    else std::memset(v, 0, len * sizeof(float));
+    for (int64_t t = 0; t < steps; ++t) {
+      const float* xt = x + t * N + a0;
+      float* ht = hist + t * blk;
+      const int64_t nxt = next_visit(t + 1 < steps, (t + 1) * N + a0, -1, false);
+      for (int64_t i = 0; i < vec; i += 16) {
+        if (nxt >= 0) prefetch_lines(x + nxt + i, nullptr);
+        __m512 h = _mm512_add_ps(
+            _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(v + i), q.lam), _mm512_mul_ps(_mm512_loadu_ps(xt + i), q.c)),
+            q.b);
+        _mm512_storeu_ps(ht + i, h);
+        const __mmask16 m = _mm512_cmp_ps_mask(h, q.vth, _CMP_GE_OQ);
+        _mm512_storeu_ps(v + i, p.hard ? _mm512_mask_mov_ps(h, m, q.vr) : _mm512_mask_sub_ps(h, m, h, q.vth));
+      }
+      if (vec < len) recompute_h_lanes<float>(p, xt, ht, v, vec, len);
+    }
+    std::memset(g, 0, len * sizeof(float));
+    for (int64_t t = steps - 1; t >= 0; --t) {
+      const float* ht = hist + t * blk;
+      const int64_t off = t * N + a0;
+      const bool last = t == steps - 1;
+      const int64_t nxt = next_visit(t > 0, (t - 1) * N + a0, a0 + blk, a0 + blk < n1);
+      for (int64_t i = 0; i < vec; i += 16) {
+        // The next block's first visit reads x (its recompute); a later step, g and gx.
+        if (nxt >= 0) prefetch_lines(t > 0 ? (g_spk ? g_spk + nxt + i : nullptr) : x + nxt + i,
+                                     t > 0 ? gx + nxt + i : nullptr);
+        const __m512 h = _mm512_loadu_ps(ht + i);
+        const __m512 sg = surrogate512(p, k, _mm512_sub_ps(h, q.vth));
+        __m512 dvdh;
+        if (p.hard) {
+          dvdh = _mm512_maskz_mov_ps((__mmask16)~_mm512_cmp_ps_mask(h, q.vth, _CMP_GE_OQ), q.one);
+          if (!p.detach) dvdh = _mm512_add_ps(dvdh, _mm512_mul_ps(_mm512_sub_ps(q.vr, h), sg));
+        } else {
+          dvdh = p.detach ? q.one : _mm512_sub_ps(q.one, _mm512_mul_ps(q.vth, sg));
+        }
+        // bwd_step's arithmetic, in its order
+        __m512 gv = _mm512_loadu_ps(g + i);
+        if (g_vlast && last) gv = _mm512_add_ps(gv, _mm512_loadu_ps(g_vlast + a0 + i));
+        if (g_mem) gv = _mm512_add_ps(gv, _mm512_loadu_ps(g_mem + off + i));
+        __m512 gh = _mm512_mul_ps(gv, dvdh);
+        if (g_spk) gh = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(g_spk + off + i), sg), gh);
+        _mm512_storeu_ps(gx + off + i, _mm512_mul_ps(gh, q.c));
+        _mm512_storeu_ps(g + i, _mm512_mul_ps(gh, q.lam));
+      }
+      if (vec < len) recompute_grad_lanes<float>(p, ht, g_spk, g_vlast, g_mem, gx, g, t, steps, N, a0, vec, len);
+    }
+    if (gv0) std::memcpy(gv0 + a0, g, len * sizeof(float));
+  }
+}
 #endif  // SNN_HAVE_AVX2
 
 // ---------------------------------------------------------------- packed spikes
@@ -815,8 +886,9 @@ std::tuple<at::Tensor, at::Tensor> lif_bwd_cpu(
     at::parallel_for(0, ceil_div(N, 64), group_grain(steps), [&](int64_t g0, int64_t g1) {
       const int64_t n0 = g0 * 64, n1 = std::min(N, g1 * 64);
 #if SNN_HAVE_AVX2
-      if (avx512 && bits) {
-        bwd_bits_avx512(p, gsp, gvp, gmp, bp, gxp, g0p, steps, N, n0, n1);
+      if (avx512) {
+        if (bits) bwd_bits_avx512(p, gsp, gvp, gmp, bp, gxp, g0p, steps, N, n0, n1);
+        else bwd_recompute_avx512(p, xp, vp, gsp, gvp, gmp, gxp, g0p, steps, N, n0, n1);
         return;
       }
       if (avx2) {
