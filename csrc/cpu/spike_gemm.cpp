@@ -97,9 +97,11 @@ bool table_dw_on(double density) {
 }
 
 // Forward by subset-sum tables (spike_kernels::table_rows_task, AVX-512) from this density
-// on. At 0.3, 1 thread: gemm-tt-in 2.5x MKL against 1.8x for the nibble scan, gemm-conv1x1
-// 1.9x both, gemm-fc 1.8x against 1.4x; at 0.2 the set-bit lists are ahead.
-constexpr double kTableFwdDensity = 0.3;
+// on (bench --paths, 1 thread, from packed spikes): at 0.2 the set-bit lists were ahead on
+// every shape (gemm-tt-in 4.6x MKL against 3.3x, gemm-fc 1.9x against 1.7x); at 0.3 the
+// tables on gemm-tt-in (2.8x against 2.2x) and gemm-fc (1.75x against 1.4x), the lists on
+// gemm-conv1x1 (2.5x against 2.1x); from 0.5 the tables or level.
+constexpr double kTableFwdDensity = 0.25;
 bool table_forward_on(double density) {
   switch (forced_path()) {
     case Path::kScan: return false;
