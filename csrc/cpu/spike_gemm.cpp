@@ -7,8 +7,9 @@
 // forward: A = packed S [M, K], B = W^T (read from W through strides), out = Y;
 // dW:      A = S^T (bit-transposed, [K, M]), B = dY [M, N], out = dW [N, K] (via strides).
 // Work is proportional to the set bits; each (row block, column chunk) task owns its
-// outputs: no atomics. Above a density threshold (measured, see kDense*) the dense path
-// (MKL through at::mm on the float spikes) takes over.
+// outputs: no atomics. dW by outer products for small K, and on AVX-512 the subset-sum
+// tables (work independent of the density) for dense spikes, forward and dW; the dense
+// path (MKL on unpacked blocks) above the thresholds measured below.
 #include "cpu/spike_gemm.h"
 
 #include <ATen/ATen.h>

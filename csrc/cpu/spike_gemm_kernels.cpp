@@ -8,10 +8,12 @@
 //      mispredict on the common sparse word);
 //   3. the columns are held in 8 or 16 AVX2 registers while the indexed panel rows are
 //      added (one load+add per 8 floats: two per cycle, the bound of this loop).
-// AVX-512 (4 or 8 zmm) adds: the nibble scan for dense spikes (a table of the 16 subset
-// sums of each 4 panel rows, one table row per non-zero nibble), packing fused row by row
-// into the scan for float spikes, and outer_dw_task (dW by outer products, also AVX2 and
-// portable). Measured reasons: docs/spike_gemm.md.
+// AVX-512 (4 or 8 zmm) adds: index lists by vpcompressd, 16x16 transposes of W, the nibble
+// scan (a table of the 16 subset sums of each 4 panel rows, one table row per non-zero
+// nibble), packing fused row by row into the scan for float spikes, and the subset-sum
+// tables of table_rows_task / table_dw_task (32 KiB per word, 8 table rows per word of a
+// row, work independent of the density) for dense spikes. outer_dw_task (dW by outer
+// products) also has AVX2 and portable versions. Measured reasons: docs/spike_gemm.md.
 #include "cpu/spike_gemm_kernels.h"
 
 #include <algorithm>
