@@ -87,10 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help=f"comma-separated rows to measure, from {', '.join(METHODS)} (default: all)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, printed)")
-    p.add_argument("--allocator", choices=("cache", "system"), default="cache",
-                   help="cache (default): every CPU tensor of every method comes from snnops' block cache "
-                        "(snnops.cache_all_cpu_tensors; no fresh page faults per step); system: torch's "
-                        "default allocator (only the snnops kernels' outputs are cached)")
+    p.add_argument("--allocator", choices=("system", "cache"), default="system",
+                   help="system (default): torch's allocator (the snnops kernels' own outputs still come "
+                        "from their block cache); cache: every CPU tensor of every method comes from the "
+                        "block cache (snnops.cache_all_cpu_tensors), as with a preloaded jemalloc")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
     p.add_argument("--seed", type=int, default=0)
