@@ -5,6 +5,8 @@
 #include <c10/core/CPUAllocator.h>
 
 #include <cstdlib>
+#include <cstring>
+#include <sys/mman.h>
 #include <map>
 #include <mutex>
 #include <unordered_map>
@@ -16,6 +18,7 @@ namespace {
 // Below this, glibc serves requests from its heap without fresh pages, and a block per
 // size class would waste more than it saves.
 constexpr size_t kMinCached = size_t(256) << 10;
+constexpr size_t kHuge = size_t(2) << 20, kHugeFrom = size_t(4) << 20;
 
 // Size classes: 8 per power of two (at most 12.5% rounding waste), so tensors whose
 // sizes differ slightly (a last partial batch) still share blocks.
@@ -59,13 +62,19 @@ class BlockCache final : public c10::Allocator {
       }
     }
     if (ptr == nullptr) {
-      // Page-aligned (c10's allocator aligns to 64 bytes).
-      if (posix_memalign(&ptr, 4096, bytes) != 0 || ptr == nullptr) {
+      // Page-aligned (c10's allocator aligns to 64 bytes); blocks of several MiB on 2 MiB
+      // boundaries with transparent huge pages asked for.
+      const bool huge = huge_ && bytes >= kHugeFrom;
+      const size_t align = huge ? kHuge : 4096;
+      if (posix_memalign(&ptr, align, bytes) != 0 || ptr == nullptr) {
         // Give the cached blocks back and try once more before reporting out of memory.
         release();
-        TORCH_CHECK(posix_memalign(&ptr, 4096, bytes) == 0 && ptr != nullptr,
+        TORCH_CHECK(posix_memalign(&ptr, align, bytes) == 0 && ptr != nullptr,
                     "snnops: out of CPU memory allocating ", bytes, " bytes");
       }
+#ifdef MADV_HUGEPAGE
+      if (huge) madvise(ptr, bytes, MADV_HUGEPAGE);
+#endif
     }
     size_t allocated, reserved;
     {
@@ -119,7 +128,10 @@ class BlockCache final : public c10::Allocator {
   }
 
  private:
-  BlockCache() : cap_(cap_from_env()) {}
+  BlockCache() : cap_(cap_from_env()) {
+    const char* v = std::getenv("SNNOPS_CPU_CACHE_HUGEPAGES");
+    huge_ = v == nullptr || std::strcmp(v, "0") != 0;
+  }
 
   static void deleter(void* ptr) { get().give_back(ptr); }
 
@@ -165,6 +177,7 @@ class BlockCache final : public c10::Allocator {
   std::unordered_map<void*, Block> live_;
   size_t cached_ = 0, allocated_ = 0, hits_ = 0, misses_ = 0;
   const size_t cap_;
+  bool huge_ = true;  // SNNOPS_CPU_CACHE_HUGEPAGES=0: 4 KiB pages only
 };
 
 }  // namespace
