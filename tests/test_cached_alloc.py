@@ -105,3 +105,26 @@ def test_cache_can_serve_every_cpu_tensor():
         snnops.cache_all_cpu_tensors(False)
     assert not _native.caches_all_cpu_tensors()
     del y  # made under the cache, freed after it is no longer the allocator
+
+
+def _child_lif(q):
+    torch.set_num_threads(1)  # as DataLoader workers do: libgomp's pool does not survive fork
+    x = torch.randn(SHAPE)
+    s, _ = snnops.lif(x)
+    del s
+    s, _ = snnops.lif(x)  # a block the child freed, taken again
+    q.put(float(s.sum()))
+
+
+def test_forked_child_uses_the_cache():
+    import multiprocessing as mp
+    x = torch.randn(SHAPE)
+    s, _ = snnops.lif(x)  # the parent's cache holds blocks before the fork
+    del s
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child_lif, args=(q,))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0
+    assert q.get(timeout=5) >= 0

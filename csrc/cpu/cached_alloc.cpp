@@ -6,6 +6,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <pthread.h>
 #include <sys/mman.h>
 #include <map>
 #include <mutex>
@@ -123,7 +124,13 @@ class BlockCache final : public c10::Allocator {
 
   static BlockCache& get() {
     // Never destroyed: tensors may die after static destructors have run at exit.
-    static BlockCache* cache = new BlockCache();
+    static BlockCache* cache = [] {
+      auto* c = new BlockCache();
+      // A fork (DataLoader workers) while another thread holds the lock would leave the
+      // child's copy locked forever: hold it across fork, release it on both sides.
+      pthread_atfork([] { get().mu_.lock(); }, [] { get().mu_.unlock(); }, [] { get().mu_.unlock(); });
+      return c;
+    }();
     return *cache;
   }
 
