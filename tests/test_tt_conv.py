@@ -10,6 +10,8 @@ are compared exactly (the kernels take the first maximum, as F.max_pool2d does).
 Spikes enter tt_conv bit-packed; its gradient for the float spikes is checked against
 the reference's in float64 (gradcheck cannot perturb 0/1 spikes and stay binary).
 """
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -223,6 +225,16 @@ def test_tt_block_bad_input():
 
 # ----------------------------------------------------------------------- tt_conv (G1 from packed spikes)
 
+@contextlib.contextmanager
+def num_threads(n):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def spikes(*shape, dtype=torch.float32, density=0.3):
     return (torch.rand(*shape) < density).to(dtype)
 
@@ -266,9 +278,7 @@ def test_tt_conv_groups_of_small_images(cpu_isa, threads, parallel, schedule, po
     packed = snnops.pack_spikes(x, 1)
     g1 = torch.randn(12, 20, 1, 1)
     w2, w3, w4 = block_weights(12, 8, parallel)
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with num_threads(threads):
         y, idx, _ = torch.ops.snnops.tt_conv(packed, None, g1, w2, w3, w4, parallel, schedule, pool)
         ref, ref_idx = reference.tt_conv(packed, x, g1, w2, w3, w4, parallel, schedule, pool)
         close(y, ref)
@@ -288,8 +298,6 @@ def test_tt_conv_groups_of_small_images(cpu_isa, threads, parallel, schedule, po
         want = reference.tt_block_bwd(gb, o, w2, w3, w4, rib, parallel, schedule, pool, [True] * 4)
         for a, b in zip(ours, want):
             close(a, b)
-    finally:
-        torch.set_num_threads(old)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -302,9 +310,7 @@ def test_tt_conv_half_steps_in_bands(cpu_isa, threads, schedule, pool):
     packed = snnops.pack_spikes(x, 1)
     g1 = torch.randn(32, 64, 1, 1)
     w2, w3, w4 = block_weights(32, 48, True)
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with num_threads(threads):
         y, idx, words = torch.ops.snnops.tt_conv(None, x, g1, w2, w3, w4, True, schedule, pool)
         ref, ref_idx = reference.tt_conv(packed, x, g1, w2, w3, w4, True, schedule, pool)
         assert torch.equal(words, packed)
@@ -314,8 +320,6 @@ def test_tt_conv_half_steps_in_bands(cpu_isa, threads, schedule, pool):
         want = reference.tt_conv_bwd(g, packed, g1, w2, w3, w4, ref_idx, True, schedule, pool, [True] * 5)
         for a, b in zip(ours, want):
             close(a, b)
-    finally:
-        torch.set_num_threads(old)
 
 
 @pytest.mark.parametrize("parallel,schedule,pool", BLOCK_CASES, ids=lambda v: str(v))

@@ -50,6 +50,7 @@ class BlockCache final : public c10::Allocator {
     if (n < kMinCached || cap_ == 0) return c10::GetDefaultCPUAllocator()->allocate(n);
     const size_t bytes = size_class(n);
     void* ptr = nullptr;
+    size_t allocated = 0, reserved = 0;
     {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = free_.find(bytes);
@@ -58,6 +59,7 @@ class BlockCache final : public c10::Allocator {
         it->second.pop_back();
         cached_ -= bytes;
         ++hits_;
+        allocated = track(ptr, bytes, n, &reserved);
       } else {
         ++misses_;
       }
@@ -76,14 +78,8 @@ class BlockCache final : public c10::Allocator {
 #ifdef MADV_HUGEPAGE
       if (huge) madvise(ptr, bytes, MADV_HUGEPAGE);
 #endif
-    }
-    size_t allocated, reserved;
-    {
       std::lock_guard<std::mutex> lock(mu_);
-      live_[ptr] = Block{bytes, n};
-      allocated_ += n;
-      allocated = allocated_;
-      reserved = allocated_ + cached_;
+      allocated = track(ptr, bytes, n, &reserved);
     }
     report(ptr, static_cast<int64_t>(n), allocated, reserved);
     // The context is the pointer itself, so raw_allocate / raw_deallocate (oneDNN's
@@ -141,6 +137,14 @@ class BlockCache final : public c10::Allocator {
   }
 
   static void deleter(void* ptr) { get().give_back(ptr); }
+
+  // With mu_ held: ptr is handed out for a tensor of n bytes. Returns the bytes alive.
+  size_t track(void* ptr, size_t bytes, size_t n, size_t* reserved) {
+    live_[ptr] = Block{bytes, n};
+    allocated_ += n;
+    *reserved = allocated_ + cached_;
+    return allocated_;
+  }
 
   void give_back(void* ptr) {
     Block block{0, 0};

@@ -599,7 +599,7 @@ SNN_AVX512 void bwd_bits_avx512(const LifParams& p, const float* g_spk, const fl
 SNN_AVX512 static inline __m512 surrogate512(const LifParams& p, const VecConsts& k, __m512 u) {
   const __m256 lo = surrogate_ps(p, k, _mm512_castps512_ps256(u));
   const __m256 hi = surrogate_ps(p, k, _mm512_extractf32x8_ps(u, 1));
-  return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
+  return _mm512_insertf32x8(_mm512_zextps256_ps512(lo), hi, 1);
 }
 
 SNN_AVX512 void bwd_recompute_avx512(const LifParams& p, const float* x, const float* v0, const float* g_spk,

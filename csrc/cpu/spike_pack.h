@@ -48,6 +48,13 @@ inline int bit_of(T v) {
 
 // ------------------------------------------------------------------ portable
 
+// An offset k * width + i reported for the columns [start, start + width) of a [K, n]
+// block, as the offset k * n + start + i in the whole block (-1 stays -1).
+inline int64_t block_offset(int64_t r, int64_t width, int64_t start, int64_t n) {
+  return r < 0 ? -1 : (r / width) * n + start + r % width;
+}
+
+
 // x[0..K) -> words[0..ceil(K/32)).
 template <typename T>
 inline int64_t pack_row(const T* x, int64_t K, uint32_t* words) {
@@ -170,18 +177,11 @@ SNN_AVX2 static inline int64_t pack_columns_f32(const float* x, int64_t K, int64
       }
     }
   }
-  if (bad) {
-    const int64_t r = pack_columns<float>(x, K, k_stride, full, out, out_stride);
-    return (r / full) * n + r % full;
-  }
-  if (full < n) {
-    // The last positions: x + full is a [K, n - full] block with the same k_stride.
-    const int64_t r = pack_columns<float>(x + full, K, k_stride, n - full, out + full * out_stride, out_stride);
-    if (r >= 0) {
-      const int64_t k = r / (n - full), i = r % (n - full);
-      return k * n + full + i;
-    }
-  }
+  if (bad) return block_offset(pack_columns<float>(x, K, k_stride, full, out, out_stride), full, 0, n);
+  // The last positions: x + full is a [K, n - full] block with the same k_stride.
+  if (full < n)
+    return block_offset(pack_columns<float>(x + full, K, k_stride, n - full, out + full * out_stride, out_stride),
+                        n - full, full, n);
   return -1;
 }
 
@@ -219,13 +219,9 @@ SNN_AVX512 static inline int64_t pack_columns_f32_avx512(const float* x, int64_t
     }
   }
   if (ok != 0xFFFF) return pack_columns_f32(x, K, k_stride, n, out, out_stride);
-  if (full < n) {
-    const int64_t r = pack_columns_f32(x + full, K, k_stride, n - full, out + full * out_stride, out_stride);
-    if (r >= 0) {
-      const int64_t k = r / (n - full), i = r % (n - full);
-      return k * n + full + i;
-    }
-  }
+  if (full < n)
+    return block_offset(pack_columns_f32(x + full, K, k_stride, n - full, out + full * out_stride, out_stride),
+                        n - full, full, n);
   return -1;
 }
 

@@ -362,10 +362,11 @@ void g1_from_bits(const Problem& pb, const Packed<T>& P, const uint32_t* A, int6
   }
 }
 
-// Pack image rows [lo, hi) of the float spikes (NCHW) into `out` ([pixels, words]);
-// returns the offset of a non-binary value inside the image, or -1.
+// Pack image rows [lo, hi) of the float spikes (NCHW) into `out` ([pixels, words]).
+// A non-binary value is recorded in pb.bad_spike (its flat index in the spikes), and
+// false returned.
 template <typename T>
-int64_t pack_rows(const Problem& pb, int64_t n, int64_t lo, int64_t hi, uint32_t* out) {
+bool pack_rows(const Problem& pb, int64_t n, int64_t lo, int64_t hi, uint32_t* out) {
   const T* x = static_cast<const T*>(pb.spikes) + (n * pb.cin * pb.H + lo) * pb.W;
   const int64_t hw = pb.H * pb.W, count = (hi - lo) * pb.W;
   int64_t bad = -1;
@@ -381,9 +382,11 @@ int64_t pack_rows(const Problem& pb, int64_t n, int64_t lo, int64_t hi, uint32_t
   {
     bad = spike_pack::pack_columns<T>(x, pb.cin, hw, count, out, pb.words);
   }
-  if (bad < 0) return -1;
+  if (bad < 0) return true;
   const int64_t c = bad / count, i = bad % count;  // channel, pixel within the rows
-  return c * hw + lo * pb.W + i;
+  int64_t none = -1;
+  pb.bad_spike->compare_exchange_strong(none, n * pb.cin * hw + c * hw + lo * pb.W + i);
+  return false;
 }
 
 // The band's input rows [lo, hi) into the padded buffer: read from the tensor o, or
@@ -406,12 +409,7 @@ void fill_input(const Problem& pb, const Packed<T>& P, const View4<const T>& o, 
     for (int64_t j = 0; j < b.g; ++j) {
       const int64_t n = n0 + j;
       uint32_t* bt = bit_tmp.data() + j * Rj * pb.words;
-      const int64_t bad = pack_rows<T>(pb, n, lo, hi, bt);
-      if (bad >= 0) {
-        int64_t none = -1;
-        pb.bad_spike->compare_exchange_strong(none, n * pb.cin * pb.H * pb.W + bad);
-        return;
-      }
+      if (!pack_rows<T>(pb, n, lo, hi, bt)) return;
       uint32_t* own = const_cast<uint32_t*>(pb.bits) + (n * b.H + b.h0) * b.W * pb.words;
       std::memcpy(own, bt + (b.h0 - lo) * b.W * pb.words, sizeof(uint32_t) * b.rows() * b.W * pb.words);
     }
@@ -435,12 +433,7 @@ bool g1_band_compact(const Problem& pb, const Packed<T>& P, const Band& b, int64
   uint32_t* A = const_cast<uint32_t*>(pb.bits) + (n0 * b.H + b.h0) * b.W * pb.words;
   if (pb.spikes != nullptr) {
     for (int64_t j = 0; j < b.g; ++j) {
-      const int64_t bad = pack_rows<T>(pb, n0 + j, b.h0, b.h1, A + j * b.H * b.W * pb.words);
-      if (bad >= 0) {
-        int64_t none = -1;
-        pb.bad_spike->compare_exchange_strong(none, (n0 + j) * pb.cin * pb.H * pb.W + bad);
-        return false;
-      }
+      if (!pack_rows<T>(pb, n0 + j, b.h0, b.h1, A + j * b.H * b.W * pb.words)) return false;
     }
   }
   // Band rows of consecutive images are contiguous only for whole-image bands (the
