@@ -239,12 +239,41 @@ def test_fused_bn_lif_equals_bn_then_lif(conv, monkeypatch):
     torch.testing.assert_close(fused(x), separate(x), rtol=1e-9, atol=1e-9)
 
 
-def test_subsampled_shortcut_is_the_strided_conv():
-    conv = SeqConv2d(8, 16, 1, stride=2, bias=False)
-    x = torch.randn(2, 3, 8, 7, 9)
+@pytest.mark.parametrize("channels_last", (False, True))
+def test_subsampled_shortcut_is_the_strided_conv(channels_last):
+    """Same output and gradients as the strided conv; the input's gradient has the
+    input's layout (channels-last frames stay channels-last)."""
+    conv = SeqConv2d(8, 16, 1, stride=2, bias=False).double()
+    x = torch.randn(2, 3, 8, 7, 9, dtype=torch.float64)
+    if channels_last:
+        x = x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    x.requires_grad_()
+    g = torch.randn(2, 3, 16, 4, 5, dtype=torch.float64)
     expected = conv(x)
+    ex_gx, ex_gw = torch.autograd.grad(expected, (x, conv.weight), g)
     conv.subsample_first = True
-    torch.testing.assert_close(conv(x), expected, rtol=1e-6, atol=1e-6)
+    y = conv(x)
+    gx, gw = torch.autograd.grad(y, (x, conv.weight), g)
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gx, ex_gx, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gw, ex_gw, rtol=1e-12, atol=1e-12)
+    assert gx.stride() == x.stride()
+
+
+@pytest.mark.parametrize("channels_last", (False, True))
+def test_repeat_steps_gradient_is_the_sum_over_steps(channels_last):
+    from snnops.models.blocks import frames_channels_last, repeat_steps
+    x = torch.randn(1, 2, 5, 3, 4, dtype=torch.float64)
+    g = torch.randn(3, 2, 5, 3, 4, dtype=torch.float64)
+    if channels_last:
+        x = x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+        g = g.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    x.requires_grad_()
+    y = repeat_steps(x, 3)
+    assert y.shape == (3, 2, 5, 3, 4) and torch.equal(y, x.expand(3, -1, -1, -1, -1))
+    (gx,) = torch.autograd.grad(y, x, g)
+    torch.testing.assert_close(gx, g.sum(0, keepdim=True), rtol=1e-12, atol=1e-12)
+    assert frames_channels_last(gx) == channels_last
 
 
 # ----------------------------------------------------------------------------- merge

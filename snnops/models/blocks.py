@@ -230,9 +230,7 @@ class SeqConv2d(nn.Conv2d):
             # A strided 1x1 conv reads only every stride-th pixel: subsample first and
             # run it at stride 1 (the same products and sums), so autograd keeps the
             # subsampled input (1/4 of the block input for stride 2), not all of it.
-            sh, sw = self.stride
-            x = x[:, :, ::sh, ::sw].contiguous(
-                memory_format=torch.channels_last if frames_channels_last(x) else torch.contiguous_format)
+            x = _Subsample.apply(x_seq, self.stride[0], self.stride[1])
             return _seq(F.conv2d(x, self.weight, self.bias), x_seq.shape[0])
         restore = None
         if self.kernel_size == (3, 3) and frames_channels_last(x) and x.shape[1] > 1:
@@ -258,6 +256,53 @@ class SeqConv2d(nn.Conv2d):
         if restore is not None:
             y = y.contiguous(memory_format=restore)
         return _seq(y, x_seq.shape[0])
+
+
+class _Subsample(torch.autograd.Function):
+    """``[T, B, C, H, W]`` -> ``[T*B, C, H/sh, W/sw]``: every sh-th row and sw-th column,
+    copied out in the frames' layout, with a gradient laid out like the input (not a
+    view of one). Slicing's own backward writes a default-layout gradient (once per
+    sliced dim) behind a view; summed with the block's channels-last LIF gradient that
+    cost an out-of-place, mixed-layout add and a layout copy (21 ms a step at 64x32x32
+    on one thread), where a same-layout gradient autograd owns alone is added in place."""
+
+    @staticmethod
+    def forward(ctx, x_seq, sh: int, sw: int):
+        x = _flat(x_seq)
+        ctx.steps = (sh, sw)
+        ctx.like = torch.empty_like(x_seq, device="meta")  # the input's shape and strides
+        fmt = torch.channels_last if frames_channels_last(x) else torch.contiguous_format
+        return x[:, :, ::sh, ::sw].contiguous(memory_format=fmt)
+
+    @staticmethod
+    def backward(ctx, grad):
+        sh, sw = ctx.steps
+        gx = torch.empty_like(ctx.like, dtype=grad.dtype, device=grad.device).zero_()
+        _flat(gx)[:, :, ::sh, ::sw] = grad
+        return gx, None, None
+
+
+def repeat_steps(x: torch.Tensor, steps: int) -> torch.Tensor:
+    """``[1, B, C, H, W]`` -> ``[T, B, C, H, W]`` (a broadcast view), whose gradient (the
+    sum over T) keeps channels-last frames channels-last."""
+    return _RepeatSteps.apply(x, steps)
+
+
+class _RepeatSteps(torch.autograd.Function):
+    # expand's backward sums over T into a default-layout tensor, at 4.3 ms for
+    # 4x16x64x32x32 on one thread, and BN's backward is ~10x slower when its gradient
+    # and input layouts differ; summing the [T, B, H, W, C] view is 1.5 ms and
+    # channels-last.
+
+    @staticmethod
+    def forward(ctx, x, steps: int):
+        return x.expand(steps, *x.shape[1:])
+
+    @staticmethod
+    def backward(ctx, grad):
+        if grad.dim() == 5 and frames_channels_last(grad):
+            return grad.permute(0, 1, 3, 4, 2).sum(0, keepdim=True).permute(0, 1, 4, 2, 3), None
+        return grad.sum(0, keepdim=True), None
 
 
 class _SpikePacker:

@@ -19,7 +19,7 @@ from torch import nn
 from .. import tt
 from ..nn.tt_conv import TTConv2d
 from .blocks import (CONV_KINDS, NeuronConfig, SeqConv2d, SpikingNeuron, TemporalBatchNorm, check_backend,
-                     frames_channels_last, full_steps, fusable, fused_bn_lif, to_channels_last)
+                     frames_channels_last, full_steps, fusable, fused_bn_lif, repeat_steps, to_channels_last)
 
 STAGE_CHANNELS = (64, 128, 256, 512)
 DEPTHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
@@ -65,12 +65,6 @@ class MSBlock(nn.Module):
             self.shortcut = nn.Identity()
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        if (x_seq.requires_grad and isinstance(self.shortcut, nn.Sequential) and self.shortcut[0].subsample_first
-                and frames_channels_last(x_seq)):
-            # The subsampling shortcut's backward writes its gradient in the default
-            # layout; summed with the LIF's channels-last one it would hand the previous
-            # BN a gradient whose layout differs from its input (a ~10x slower BN backward).
-            x_seq.register_hook(to_channels_last)
         pack = _wants_packed(self.conv1) and self.lif1.backend == "snnops"
         spikes = self.lif1(x_seq, pack=pack)
         out = _conv_spikes(self.conv1, spikes)
@@ -191,11 +185,8 @@ class MSResNet(nn.Module):
             # equal those over the batch; only the unbiased running variance uses
             # B*H*W instead of T*B*H*W samples.
             out = self.stem_bn(self.stem_conv(x.unsqueeze(0)))
-            if self.backend == "snnops" and out.requires_grad:
-                # The repeat's backward sums over T into a default-layout tensor; BN's
-                # backward is ~10x slower when its gradient and input layouts differ.
-                out.register_hook(to_channels_last)
-            out = out.expand(self.timesteps, *out.shape[1:])
+            out = repeat_steps(out, self.timesteps) if self.backend == "snnops" else \
+                out.expand(self.timesteps, *out.shape[1:])
         else:
             out = self.stem_bn(self.stem_conv(x))
         out = self.blocks(out)
