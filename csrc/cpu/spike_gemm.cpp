@@ -27,6 +27,7 @@
 #include <sys/mman.h>
 #endif
 
+#include "cpu/parallel.h"
 #include "cpu/simd.h"
 #include "cpu/spike_gemm_kernels.h"
 #include "cpu/spike_pack.h"
@@ -35,23 +36,6 @@ namespace snnops {
 namespace {
 
 using spike_pack::packed_words;
-
-// Runs fn(t0, t1) over [0, n) in pieces of `grain` on the at::parallel_for threads,
-// handing pieces out from a shared counter: on a shared machine a descheduled thread
-// then no longer holds back a fixed half of the work (the static split of
-// at::parallel_for measured up to 2x slower under load). Small n runs inline.
-template <typename F>
-void parallel_pieces(int64_t n, int64_t grain, const F& fn) {
-  if (n <= 0) return;
-  grain = std::max<int64_t>(grain, 1);
-  const int64_t pieces = ceil_div(n, grain);
-  const int64_t threads = std::min<int64_t>(pieces, at::get_num_threads());
-  if (threads <= 1 || at::in_parallel_region()) return fn(0, n);
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
-    for (int64_t p = next++; p < pieces; p = next++) fn(p * grain, std::min(n, (p + 1) * grain));
-  });
-}
 
 // SNNOPS_SPIKE_GEMM forces a path (benchmarks measure each; tests run them): "dense"
 // (MKL), "bits" (the bit paths, tables or set-bit lists by density), "scan" (set-bit
