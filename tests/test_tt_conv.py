@@ -265,6 +265,30 @@ def test_tt_conv_matches_reference(cpu_isa, parallel, schedule, pool, cin, r, co
         close(a, b)
 
 
+@pytest.mark.parametrize("pool", [False, True])
+@pytest.mark.parametrize("hw", [(6, 37), (7, 33)], ids=str)
+def test_tt_conv_bwd_gradient_layouts(cpu_isa, pool, hw):
+    # Gradients in NCHW planes are turned into channels-last rows by 16x16 / 8x8 blocks
+    # (rows of 37 or 33 pixels and 40 channels leave partial blocks on both sides); pooled
+    # gradients go back to their window (an odd height leaves a row outside every window).
+    n = 4
+    x = spikes(n, 20, *hw)
+    packed = snnops.pack_spikes(x, 1)
+    g1 = torch.randn(8, 20, 1, 1)
+    w2, w3, w4 = block_weights(8, 40, True)
+    schedule = [True, False, True, False]
+    y, idx, _ = torch.ops.snnops.tt_conv(packed, None, g1, w2, w3, w4, True, schedule, pool)
+    ref, ref_idx = reference.tt_conv(packed, x, g1, w2, w3, w4, True, schedule, pool)
+    close(y, ref)
+    g = torch.randn_like(ref)
+    want = reference.tt_conv_bwd(g, packed, g1, w2, w3, w4, ref_idx, True, schedule, pool, [True] * 5)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        ours = torch.ops.snnops.tt_conv_bwd(g.contiguous(memory_format=layout), packed, g1, w2, w3, w4, idx, True,
+                                            schedule, pool, [True] * 5)
+        for a, b in zip(ours, want):
+            close(a, b)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("parallel,schedule,pool", [(True, [True, True, False, False], True), (True, [], False),
                                                     (False, [], True)], ids=str)
