@@ -11,6 +11,7 @@ from . import nn
 from . import tt
 from .ops.tt_conv import ptt_conv, tt_conv
 from .ops.bn_lif import bn_lif
+from .ops.bn_add import bn_add
 
 __version__ = "0.1.0"
 

@@ -23,81 +23,18 @@
 #include <vector>
 
 #include "cpu/cached_alloc.h"
+#include "cpu/channel_stats.h"
 #include "cpu/simd.h"
 
 namespace snnops {
 namespace {
 
-constexpr int64_t kStatRows = 256;  // rows per statistics block (fixed: deterministic sums)
+using stats::channel_sums;
+using stats::kStatRows;
 
 struct Neuron {
   double decay, v_threshold, v_reset, width;
 };
-
-// ------------------------------------------------------------------ statistics
-
-template <typename T>
-void block_sums_generic(const T* z, int64_t r0, int64_t r1, int64_t C, double* s1, double* s2) {
-  for (int64_t r = r0; r < r1; ++r) {
-    const T* row = z + r * C;
-    for (int64_t c = 0; c < C; ++c) {
-      const double v = (double)row[c];
-      s1[c] += v;
-      s2[c] += v * v;
-    }
-  }
-}
-
-#if SNN_HAVE_AVX2
-SNN_AVX2 void block_sums_avx2(const float* z, int64_t r0, int64_t r1, int64_t C, double* s1, double* s2) {
-  const int64_t C4 = C / 4 * 4;
-  for (int64_t r = r0; r < r1; ++r) {
-    const float* row = z + r * C;
-    int64_t c = 0;
-    for (; c < C4; c += 4) {
-      __m256d v = _mm256_cvtps_pd(_mm_loadu_ps(row + c));
-      _mm256_storeu_pd(s1 + c, _mm256_add_pd(_mm256_loadu_pd(s1 + c), v));
-      _mm256_storeu_pd(s2 + c, _mm256_add_pd(_mm256_loadu_pd(s2 + c), _mm256_mul_pd(v, v)));
-    }
-    for (; c < C; ++c) {
-      const double v = (double)row[c];
-      s1[c] += v;
-      s2[c] += v * v;
-    }
-  }
-}
-#endif
-
-// Per-channel sums of z and z^2 over all rows, in double, block order.
-template <typename T>
-void channel_sums(const T* z, int64_t rows, int64_t C, std::vector<double>& s1, std::vector<double>& s2) {
-  const int64_t blocks = ceil_div(rows, kStatRows);
-  std::vector<double> part(blocks * 2 * C, 0.0);
-  const bool avx = std::is_same<T, float>::value && use_avx2();
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      double* p1 = part.data() + b * 2 * C;
-      const int64_t r0 = b * kStatRows, r1 = std::min(rows, r0 + kStatRows);
-#if SNN_HAVE_AVX2
-      if (avx) {
-        block_sums_avx2(reinterpret_cast<const float*>(z), r0, r1, C, p1, p1 + C);
-        continue;
-      }
-#endif
-      block_sums_generic<T>(z, r0, r1, C, p1, p1 + C);
-    }
-  });
-  s1.assign(C, 0.0);
-  s2.assign(C, 0.0);
-  for (int64_t b = 0; b < blocks; ++b) {
-    const double* p1 = part.data() + b * 2 * C;
-    for (int64_t c = 0; c < C; ++c) {
-      s1[c] += p1[c];
-      s2[c] += p1[C + c];
-    }
-  }
-  (void)avx;
-}
 
 // ------------------------------------------------------------------ forward (normalize + LIF)
 

@@ -5,6 +5,7 @@ benchmarks and the no-extension fallback all use these functions. They are writt
 for clarity (Python loops over time, autograd for gradients), not for speed.
 """
 from .bits import pack_bits_flat, unpack_bits_flat
+from .bn_add import bn_add_bwd, bn_add_fwd
 from .bn_lif import bn_lif_bwd, bn_lif_fwd
 from .lif import lif, lif_bwd, lif_fwd, spike
 from .spike_gemm import pack_spikes, spike_conv1x1, spike_gemm, spike_gemm_bwd, spike_gemm_lowbit, spike_gemm_packed, spike_linear, unpack_spikes
