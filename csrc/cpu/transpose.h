@@ -8,9 +8,9 @@
 
 #if SNN_HAVE_AVX2
 // The smallest target sets these need, so they inline into AVX2 / AVX-512 kernels of
-// any wider set.
-#define SNN_TRANSPOSE8 __attribute__((target("avx2,fma")))
-#define SNN_TRANSPOSE16 __attribute__((target("avx512f,avx2,fma")))
+// any wider set (always: a call per block cost gemm-fc's W transposes measurably).
+#define SNN_TRANSPOSE8 __attribute__((target("avx2,fma"), always_inline))
+#define SNN_TRANSPOSE16 __attribute__((target("avx512f,avx2,fma"), always_inline))
 
 namespace snnops {
 
