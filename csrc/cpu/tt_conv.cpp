@@ -835,9 +835,10 @@ void block_backward(const Problem& pb, const Packed<T>& P, const View4<const T>&
       const T* gy_band;  // pixel (h0, 0) of a block with pixel stride gch
       s.gyrow.resize(Mh);
       if (gy_rows_direct) {
-        for (int64_t i = 0; i < Mh; ++i) {
-          const int64_t q = i % Mj;
-          s.gyrow[i] = const_cast<T*>(gy_in.at(n + i / Mj, 0, lo + q / pb.W, q % pb.W));
+        // rows [lo, hi) of each image are consecutive pixels here (no divisions per row)
+        for (int64_t j = 0, i = 0; j < b.g; ++j) {
+          T* row = const_cast<T*>(gy_in.at(n + j, 0, lo, 0));
+          for (int64_t q = 0; q < Mj; ++q, ++i) s.gyrow[i] = row + q * gch;
         }
         gy_band = gy_in.at(n, 0, b.h0, 0);
       } else {
@@ -879,7 +880,8 @@ void block_backward(const Problem& pb, const Packed<T>& P, const View4<const T>&
         s.go.resize(M * pb.r1);
         compact_rows(s.orow, s.go.data(), pb.r1, M);
         s.gprow.resize(M);
-        for (int64_t i = 0; i < M; ++i) s.gprow[i] = s.gyrow[(i / Mb) * Mj + (b.h0 - lo) * pb.W + i % Mb];
+        for (int64_t j = 0, i = 0; j < b.g; ++j)
+          for (int64_t q = 0; q < Mb; ++q, ++i) s.gprow[i] = s.gyrow[j * Mj + (b.h0 - lo) * pb.W + q];
         gemm_rows<T>(isa, M, pb.r3, pb.cout, s.gprow.data(), 1, kZeroTap, 1, P.g4_b.data(), pb.r3, s.orow.data(),
                      false);
         if (need.w4) {  // dG4^T += o^T gy, o = G1(s) recomputed compact
