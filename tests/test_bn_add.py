@@ -187,6 +187,12 @@ def test_layouts_empty_and_non_contiguous():
     a = bn_add(z_nchw, r, w, b, rm.clone(), rv.clone(), True)
     c = bn_add(z_cl, r.contiguous(memory_format=torch.contiguous_format), w, b, rm.clone(), rv.clone(), True)
     assert torch.equal(a, c) and _is_channels_last_rows(a)
+    # a residual broadcast over T (read in place, each step's rows again) or over B (copied)
+    one = _frames((1, 3, 6, 4, 5), seed=4)
+    for res in (one.expand(2, -1, -1, -1, -1), one[:, :1].expand(2, 3, -1, -1, -1)):
+        got = bn_add(z_cl, res, w, b, rm.clone(), rv.clone(), True)
+        assert torch.equal(got, bn_add(z_cl, res.contiguous(memory_format=torch.contiguous_format), w, b, rm.clone(),
+                                       rv.clone(), True))
     # a strided view (every other row of a bigger tensor) as [M, C] rows
     big = torch.randn(40, 6)
     y = torch.ops.snnops.bn_add_fwd(big[::2], None, w, b, rm, rv, True, 1e-5)

@@ -61,6 +61,26 @@ at::Tensor as_rows(const at::Tensor& x, at::ScalarType ct) {
   return x.permute(rows_order(x.dim())).to(ct).contiguous().view({rows_of(x), channels_of(x)});
 }
 
+// The residual as rows, read in place when its rows are contiguous or repeat a
+// contiguous block of rows (a broadcast over leading dims: the static-image stem output
+// expanded over T, the first block's shortcut): returns the rows' base tensor and the
+// period in rows (row r of the residual is row r % period of the base).
+std::pair<at::Tensor, int64_t> residual_rows(const at::Tensor& x, at::ScalarType ct) {
+  const int64_t M = rows_of(x), C = channels_of(x);
+  if (x.dim() >= 3 && x.scalar_type() == ct && M > 0 && C > 0) {
+    const at::Tensor p = x.permute(rows_order(x.dim()));
+    int64_t k = p.dim() - 1, block = 1;
+    while (k >= 0 && (p.size(k) == 1 || p.stride(k) == block)) block *= p.size(k--);
+    bool broadcast = k < p.dim() - 1;
+    for (int64_t i = 0; i <= k; ++i) broadcast = broadcast && (p.size(i) == 1 || p.stride(i) == 0);
+    if (broadcast) {
+      const int64_t period = block / C;
+      return {at::as_strided(p, {period, C}, {C, 1}), period};
+    }
+  }
+  return {as_rows(x, ct), M};
+}
+
 // A new tensor shaped like x (channels-last frames), from the block cache; returns the
 // tensor in x's logical shape and its contiguous rows.
 std::pair<at::Tensor, at::Tensor> rows_like(const at::Tensor& x, const at::TensorOptions& opts) {
@@ -90,58 +110,62 @@ inline int64_t row_grain(int64_t C) { return std::max<int64_t>(1, 16384 / std::m
 
 // ------------------------------------------------------------------ forward: normalize (+ add)
 
+// y = z * scale + shift (+ residual row r % period), rows [r0, r1).
 template <typename T>
-void norm_rows_generic(const T* z, const T* res, const T* scale, const T* shift, T* y, int64_t C, int64_t r0,
-                       int64_t r1) {
+void norm_rows_generic(const T* z, const T* res, int64_t period, const T* scale, const T* shift, T* y, int64_t C,
+                       int64_t r0, int64_t r1) {
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t base = r * C;
+    const T* rrow = res ? res + (r % period) * C : nullptr;
     for (int64_t c = 0; c < C; ++c) {
       T v = z[base + c] * scale[c] + shift[c];
-      if (res) v = v + res[base + c];
+      if (rrow) v = v + rrow[c];
       y[base + c] = v;
     }
   }
 }
 
 #if SNN_HAVE_AVX2
-SNN_AVX512 void norm_rows_avx512(const float* z, const float* res, const float* scale, const float* shift, float* y,
-                                 int64_t C, int64_t r0, int64_t r1) {
+SNN_AVX512 void norm_rows_avx512(const float* z, const float* res, int64_t period, const float* scale,
+                                 const float* shift, float* y, int64_t C, int64_t r0, int64_t r1) {
   const int64_t C16 = C / 16 * 16;
   const __mmask16 tail = (__mmask16)((1u << (C - C16)) - 1u);
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t base = r * C;
+    const float* rrow = res ? res + (r % period) * C : nullptr;
     int64_t c = 0;
     for (; c < C16; c += 16) {
       __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(z + base + c), _mm512_loadu_ps(scale + c)),
                                _mm512_loadu_ps(shift + c));
-      if (res) v = _mm512_add_ps(v, _mm512_loadu_ps(res + base + c));
+      if (rrow) v = _mm512_add_ps(v, _mm512_loadu_ps(rrow + c));
       _mm512_storeu_ps(y + base + c, v);
     }
     if (tail) {
       __m512 v = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(tail, z + base + c),
                                              _mm512_maskz_loadu_ps(tail, scale + c)),
                                _mm512_maskz_loadu_ps(tail, shift + c));
-      if (res) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(tail, res + base + c));
+      if (rrow) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(tail, rrow + c));
       _mm512_mask_storeu_ps(y + base + c, tail, v);
     }
   }
 }
 
-SNN_AVX2 void norm_rows_avx2(const float* z, const float* res, const float* scale, const float* shift, float* y,
-                             int64_t C, int64_t r0, int64_t r1) {
+SNN_AVX2 void norm_rows_avx2(const float* z, const float* res, int64_t period, const float* scale,
+                             const float* shift, float* y, int64_t C, int64_t r0, int64_t r1) {
   const int64_t C8 = C / 8 * 8;
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t base = r * C;
+    const float* rrow = res ? res + (r % period) * C : nullptr;
     int64_t c = 0;
     for (; c < C8; c += 8) {
       __m256 v = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(z + base + c), _mm256_loadu_ps(scale + c)),
                                _mm256_loadu_ps(shift + c));
-      if (res) v = _mm256_add_ps(v, _mm256_loadu_ps(res + base + c));
+      if (rrow) v = _mm256_add_ps(v, _mm256_loadu_ps(rrow + c));
       _mm256_storeu_ps(y + base + c, v);
     }
     for (; c < C; ++c) {
       float v = z[base + c] * scale[c] + shift[c];
-      if (res) v = v + res[base + c];
+      if (rrow) v = v + rrow[c];
       y[base + c] = v;
     }
   }
@@ -167,7 +191,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_add_fwd_cpu(
   TORCH_CHECK(eps >= 0.0, op, ": eps must be >= 0, got ", eps);
   const at::ScalarType ct = z_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor z = as_rows(z_in, ct);
-  at::Tensor res = has_res ? as_rows(*residual_in, ct) : at::Tensor();
+  at::Tensor res;
+  int64_t period = 1;
+  if (has_res) std::tie(res, period) = residual_rows(*residual_in, ct);
   const int64_t M = z.size(0);
   std::vector<double> mean(C), var(C);
   if (training) {
@@ -222,12 +248,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_add_fwd_cpu(
 #if SNN_HAVE_AVX2
         if (avx512 || avx2) {
           auto f = [](const scalar_t* p) { return reinterpret_cast<const float*>(p); };
-          (avx512 ? norm_rows_avx512 : norm_rows_avx2)(f(zp), f(rp), f(sc), f(sh), reinterpret_cast<float*>(yp), C,
-                                                       r0, r1);
+          (avx512 ? norm_rows_avx512 : norm_rows_avx2)(f(zp), f(rp), period, f(sc), f(sh),
+                                                       reinterpret_cast<float*>(yp), C, r0, r1);
           return;
         }
 #endif
-        norm_rows_generic<scalar_t>(zp, rp, sc, sh, yp, C, r0, r1);
+        norm_rows_generic<scalar_t>(zp, rp, period, sc, sh, yp, C, r0, r1);
       });
     });
     (void)avx512;
