@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from snnops import models
-from snnops.models.blocks import SeqConv2d, full_steps
+from snnops.models.blocks import SeqConv2d, TemporalBatchNorm, full_steps
 from snnops.nn import MergedTTConv2d, TTConv2d
 
 CONVS = ("dense", "stt", "ptt", "htt")
@@ -168,6 +168,12 @@ def test_small_output_convs_run_nchw():
     equal the plain-PyTorch model's."""
     fast = models.ms_resnet18("dense", timesteps=2)
     plain = models.convert_backend(fast, "reference")
+    # PyTorch's BN on both sides, so that only the convs differ: bn_add rounds BN's
+    # output differently (tested in float64 below), which can move a LIF input across a
+    # surrogate-window edge at a float32 tie and change a gradient locally
+    for m in fast.modules():
+        if isinstance(m, TemporalBatchNorm):
+            m.fuse_add = False
     x = torch.randn(2, 3, 32, 32)
     y = torch.randint(0, 10, (2,))
     F.cross_entropy(fast(x), y).backward()
@@ -237,6 +243,63 @@ def test_fused_bn_lif_equals_bn_then_lif(conv, monkeypatch):
     fused.eval()
     separate.eval()
     torch.testing.assert_close(fused(x), separate(x), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("conv", ("dense", "ptt"))
+def test_bn_add_equals_bn_then_add(conv, monkeypatch):
+    """On snnops every BN runs as one bn_add: each block's second BN with the shortcut
+    as its residual, the stem's and the shortcuts' BNs without. The model computes
+    what PyTorch's BN then the add compute (float64: no threshold ties), including the
+    running statistics, in training and in eval."""
+    import copy
+    from snnops.models import blocks
+    torch.manual_seed(6)
+    fused = _spiking_bn(models.ms_resnet18(conv, timesteps=2)).double()
+    separate = copy.deepcopy(fused)
+    for m in separate.modules():
+        if isinstance(m, TemporalBatchNorm):
+            m.fuse_add = False
+    calls = []
+    real = blocks._bn_add
+    monkeypatch.setattr(blocks, "_bn_add", lambda z, r, *a: calls.append(r is not None) or real(z, r, *a))
+    x, y = torch.randn(4, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 3])
+    a, b = fused(x), separate(x)
+    assert calls.count(True) == 8 and calls.count(False) == 4     # 8 blocks; stem + 3 shortcut BNs
+    torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    F.cross_entropy(a, y).backward()
+    F.cross_entropy(b, y).backward()
+    for (name, p), q in zip(fused.named_parameters(), separate.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-7, atol=1e-9, msg=name)
+    for (name, t), u in zip(fused.named_buffers(), separate.buffers()):
+        torch.testing.assert_close(t, u, rtol=1e-9, atol=1e-12, msg=name)
+    fused.eval()
+    separate.eval()
+    torch.testing.assert_close(fused(x), separate(x), rtol=1e-9, atol=1e-9)
+    # event frames: the stem BN over all T steps
+    frames = torch.randn(2, 4, 3, 8, 8, dtype=torch.float64)
+    fused.train()
+    separate.train()
+    torch.testing.assert_close(fused(frames), separate(frames), rtol=1e-9, atol=1e-9)
+
+
+def test_block_input_gradients_add_in_place():
+    """The shortcut's gradient is bn_add's output gradient itself (no copy, no view), so
+    autograd adds the block input's LIF gradient into it in place: no out-of-place
+    ``aten::add`` of a block-sized tensor in the backward except at the last stage,
+    whose output gradient comes from the head LIF as a view."""
+    from torch.profiler import profile
+    model = models.ms_resnet18("dense", timesteps=2)
+    x, y = torch.randn(2, 3, 16, 16), torch.tensor([0, 1])
+    F.cross_entropy(model(x), y).backward()
+    loss = F.cross_entropy(model(x), y)
+    with profile(record_shapes=True) as prof:
+        loss.backward()
+    sums = [(e.name, tuple(e.input_shapes[0])) for e in prof.events()
+            if e.name in ("aten::add", "aten::add_") and e.input_shapes and len(e.input_shapes[0]) == 5]
+    in_place = {s for n, s in sums if n == "aten::add_"}
+    out_of_place = {s for n, s in sums if n == "aten::add"}
+    assert {(2, 2, 64, 16, 16), (2, 2, 128, 8, 8), (2, 2, 256, 4, 4)} <= in_place, sums
+    assert out_of_place <= {(2, 2, 512, 2, 2)}, sums
 
 
 @pytest.mark.parametrize("channels_last", (False, True))

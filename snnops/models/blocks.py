@@ -18,6 +18,7 @@ from torch import nn
 from .. import reference
 from .. import surrogate as _surrogate
 from ..nn.tt_conv import parse_schedule
+from ..ops.bn_add import bn_add as _bn_add
 from ..ops.bn_lif import bn_lif as _bn_lif
 from ..ops.lif import lif as _snnops_lif, resolve_params
 from ..ops.pack import pack_spikes as _pack_spikes, unpack_spikes as _unpack_spikes
@@ -126,26 +127,49 @@ class SpikingNeuron(nn.Module):
 # ----------------------------------------------------------------------------- tdBN
 
 class TemporalBatchNorm(nn.BatchNorm2d):
-    """BatchNorm with statistics over T and B together ("tdBN").
+    """BatchNorm with statistics over T and B together ("tdBN"), optionally followed
+    by a residual add: ``forward(x_seq, residual)`` is ``BN(x_seq) + residual``.
 
-    Under ``torch.distributed`` with ``sync=True`` the batch statistics are reduced
-    over all processes (differentiably), so data-parallel training computes what one
-    process computes on the global batch. torch.nn.SyncBatchNorm does not run on CPU.
+    On the snnops backend BN and the add run as one :func:`snnops.bn_add` (one
+    statistics pass and one normalize+add pass, its outputs from the kernels' block
+    cache, the residual's gradient handed on without a copy); ``fuse_add = False`` runs
+    PyTorch's BN then the add instead (the same results, for comparison). Under
+    ``torch.distributed`` with ``sync=True`` the batch statistics are reduced over all
+    processes (differentiably), so data-parallel training computes what one process
+    computes on the global batch. torch.nn.SyncBatchNorm does not run on CPU.
     """
 
-    def __init__(self, num_features: int, **kwargs):
+    def __init__(self, num_features: int, backend: str = "reference", **kwargs):
         super().__init__(num_features, **kwargs)
+        self.backend = check_backend(backend)
         self.sync = False
         # On snnops, a BN followed directly by a LIF runs fused with it (see fusable);
         # False keeps them separate (the same results, for comparison).
         self.fuse_lif = True
+        self.fuse_add = True
 
-    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_seq: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self._runs_bn_add(x_seq, residual):
+            if self.training:
+                self.num_batches_tracked.add_(1)
+            return _bn_add(x_seq, residual, self.weight, self.bias, self.running_mean, self.running_var,
+                           self.training, self.momentum, self.eps)
         steps = x_seq.shape[0]
         x = _flat(x_seq)
         if self.sync and self.training and _distributed_world() > 1:
-            return _seq(self._synced(x), steps)
-        return _seq(super().forward(x), steps)
+            y = _seq(self._synced(x), steps)
+        else:
+            y = _seq(super().forward(x), steps)
+        return y if residual is None else y + residual
+
+    def _runs_bn_add(self, x_seq: torch.Tensor, residual: Optional[torch.Tensor]) -> bool:
+        # bn_add keeps nn.BatchNorm2d's exponential running statistics; other
+        # configurations (no affine, no or cumulative statistics, synchronized BN)
+        # take PyTorch's path.
+        return (self.backend == "snnops" and self.fuse_add and self.affine and self.track_running_stats
+                and self.momentum is not None and not (self.sync and self.training and _distributed_world() > 1)
+                and x_seq.dim() == 5 and frames_channels_last(x_seq) and x_seq.dtype in (torch.float32, torch.float64)
+                and (residual is None or (residual.shape == x_seq.shape and residual.dtype == x_seq.dtype)))
 
     def _synced(self, x: torch.Tensor) -> torch.Tensor:
         import torch.distributed as dist

@@ -51,16 +51,16 @@ class MSBlock(nn.Module):
         super().__init__()
         self.lif1 = SpikingNeuron(neuron, backend)
         self.conv1 = conv1
-        self.bn1 = TemporalBatchNorm(out_channels)
+        self.bn1 = TemporalBatchNorm(out_channels, backend)
         self.lif2 = SpikingNeuron(neuron, backend)
         self.conv2 = conv2
-        self.bn2 = TemporalBatchNorm(out_channels)
+        self.bn2 = TemporalBatchNorm(out_channels, backend)
         nn.init.constant_(self.bn2.weight, 0.1)  # TT-SNN code: the residual branch starts small
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(
                 SeqConv2d(in_channels, out_channels, 1, stride=stride, bias=False,
                           subsample_first=backend == "snnops"),
-                TemporalBatchNorm(out_channels))
+                TemporalBatchNorm(out_channels, backend))
         else:
             self.shortcut = nn.Identity()
 
@@ -75,8 +75,8 @@ class MSBlock(nn.Module):
                 spikes = spikes[0]
         else:
             spikes = self.lif2(self.bn1(out), pack=pack)
-        out = self.bn2(_conv_spikes(self.conv2, spikes))
-        return out + self.shortcut(x_seq)
+        # BN and the membrane shortcut's add in one op on snnops (see TemporalBatchNorm)
+        return self.bn2(_conv_spikes(self.conv2, spikes), residual=self.shortcut(x_seq))
 
 
 def _wants_packed(conv) -> bool:
@@ -126,7 +126,7 @@ class MSResNet(nn.Module):
             ranks, depth, n_tt, dense_model)
 
         self.stem_conv = SeqConv2d(in_channels, STAGE_CHANNELS[0], 3, padding=1, bias=False)
-        self.stem_bn = TemporalBatchNorm(STAGE_CHANNELS[0])
+        self.stem_bn = TemporalBatchNorm(STAGE_CHANNELS[0], backend)
         blocks, cin, layer = [], STAGE_CHANNELS[0], 0
         for stage, (cout, n_blocks) in enumerate(zip(STAGE_CHANNELS, DEPTHS[depth])):
             for b in range(n_blocks):
@@ -364,7 +364,7 @@ def convert_backend(model: MSResNet, backend: str) -> MSResNet:
     check_backend(backend)
     other = copy.deepcopy(model)
     for m in other.modules():
-        if isinstance(m, (SpikingNeuron, TTConv2d)):
+        if isinstance(m, (SpikingNeuron, TTConv2d, TemporalBatchNorm)):
             m.backend = backend
         elif isinstance(m, SeqConv2d) and m.kernel_size == (3, 3) and m is not other.stem_conv:
             m.spike_input = backend == "snnops"
