@@ -126,6 +126,9 @@ void norm_rows_generic(const T* z, const T* res, int64_t period, const T* scale,
 }
 
 #if SNN_HAVE_AVX2
+// Plain stores: streaming (non-temporal) stores of y and grad_z, which skip reading the
+// output lines first, measured 7-18% slower with a consumer reading the output next
+// (64x32x32 and 128x16x16 frames, 1 and 2 threads): the output then comes from memory.
 SNN_AVX512 void norm_rows_avx512(const float* z, const float* res, int64_t period, const float* scale,
                                  const float* shift, float* y, int64_t C, int64_t r0, int64_t r1) {
   const int64_t C16 = C / 16 * 16;

@@ -139,8 +139,8 @@ class TemporalBatchNorm(nn.BatchNorm2d):
     computes on the global batch. torch.nn.SyncBatchNorm does not run on CPU.
     """
 
-    def __init__(self, num_features: int, backend: str = "reference", **kwargs):
-        super().__init__(num_features, **kwargs)
+    def __init__(self, num_features: int, *args, backend: str = "reference", **kwargs):
+        super().__init__(num_features, *args, **kwargs)
         self.backend = check_backend(backend)
         self.sync = False
         # On snnops, a BN followed directly by a LIF runs fused with it (see fusable);

@@ -51,16 +51,16 @@ class MSBlock(nn.Module):
         super().__init__()
         self.lif1 = SpikingNeuron(neuron, backend)
         self.conv1 = conv1
-        self.bn1 = TemporalBatchNorm(out_channels, backend)
+        self.bn1 = TemporalBatchNorm(out_channels, backend=backend)
         self.lif2 = SpikingNeuron(neuron, backend)
         self.conv2 = conv2
-        self.bn2 = TemporalBatchNorm(out_channels, backend)
+        self.bn2 = TemporalBatchNorm(out_channels, backend=backend)
         nn.init.constant_(self.bn2.weight, 0.1)  # TT-SNN code: the residual branch starts small
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(
                 SeqConv2d(in_channels, out_channels, 1, stride=stride, bias=False,
                           subsample_first=backend == "snnops"),
-                TemporalBatchNorm(out_channels, backend))
+                TemporalBatchNorm(out_channels, backend=backend))
         else:
             self.shortcut = nn.Identity()
 
@@ -126,7 +126,7 @@ class MSResNet(nn.Module):
             ranks, depth, n_tt, dense_model)
 
         self.stem_conv = SeqConv2d(in_channels, STAGE_CHANNELS[0], 3, padding=1, bias=False)
-        self.stem_bn = TemporalBatchNorm(STAGE_CHANNELS[0], backend)
+        self.stem_bn = TemporalBatchNorm(STAGE_CHANNELS[0], backend=backend)
         blocks, cin, layer = [], STAGE_CHANNELS[0], 0
         for stage, (cout, n_blocks) in enumerate(zip(STAGE_CHANNELS, DEPTHS[depth])):
             for b in range(n_blocks):
