@@ -228,14 +228,19 @@ def test_errors():
         bn_add(torch.randn(1, 1, 4, 1, 1), None, w, b, rm, rv, True)
     with pytest.raises(ValueError, match="momentum must be in"):
         bn_add(z, None, w, b, rm, rv, True, momentum=2.0)
-    # the op itself
-    with pytest.raises(RuntimeError, match="training-mode statistics need at least one value"):
+    # the op itself (C++: RuntimeError; the reference, without the extension: ValueError)
+    errors = (RuntimeError, ValueError)
+    with pytest.raises(errors, match="training-mode statistics need at least one value"):
         torch.ops.snnops.bn_add_fwd(torch.zeros(0, 4), None, w, b, rm, rv, True, 1e-5)
-    with pytest.raises(RuntimeError, match="z must be rows"):
+    with pytest.raises(errors, match="z must be rows"):
         torch.ops.snnops.bn_add_fwd(torch.zeros(4), None, w, b, rm, rv, True, 1e-5)
-    with pytest.raises(RuntimeError, match="weight and bias need 5 entries"):
+    with pytest.raises(errors, match="need.? 5 entries"):
         torch.ops.snnops.bn_add_fwd(torch.zeros(3, 5), None, w, b, rm, rv, True, 1e-5)
-    with pytest.raises(RuntimeError, match="grad_y must have z's shape"):
+    with pytest.raises(errors, match="residual must have z's shape"):
+        torch.ops.snnops.bn_add_fwd(torch.zeros(3, 4), torch.zeros(2, 4), w, b, rm, rv, True, 1e-5)
+    with pytest.raises(errors, match="eval mode needs running_mean and running_var"):
+        torch.ops.snnops.bn_add_fwd(torch.zeros(3, 4), None, w, b, None, None, False, 1e-5)
+    with pytest.raises(errors, match="grad_y must have z's shape"):
         torch.ops.snnops.bn_add_bwd(torch.zeros(3, 5), torch.zeros(3, 4), w, rm, rv, True, [True, True, True])
 
 

@@ -66,16 +66,31 @@ def _stats(z, running_mean, running_var, training, eps):
     return mean, var, invstd
 
 
+def _check(op, z, residual=None, **per_channel):
+    if z.dim() < 2:
+        raise ValueError(f"{op}: z must be rows [M, C] or frames [..., C, H, W], got shape {tuple(z.shape)}")
+    if residual is not None and residual.shape != z.shape:
+        raise ValueError(f"{op}: residual must have z's shape {tuple(z.shape)}, got {tuple(residual.shape)}")
+    c = z.shape[1] if z.dim() == 2 else z.shape[-3]
+    for name, t in per_channel.items():
+        if t is not None and t.numel() != c:
+            raise ValueError(f"{op}: {name} needs {c} entries (one per channel), got {t.numel()}")
+
+
 def bn_add_fwd(z: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor,
                running_mean: Optional[torch.Tensor], running_var: Optional[torch.Tensor], training: bool,
                eps: float):
     """Returns ``(y, mean [C], invstd [C], var [C])`` (biased var; statistics in the
     compute dtype)."""
+    op = "snnops.bn_add_fwd"
+    _check(op, z, residual, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
     ct = _ct(z.dtype)
     zr = _rows(z).to(ct)
     if training and zr.shape[0] == 0:
-        raise ValueError(f"snnops.bn_add_fwd: training-mode statistics need at least one value per channel, got z "
-                         f"of shape {tuple(z.shape)}")
+        raise ValueError(f"{op}: training-mode statistics need at least one value per channel, got z of shape "
+                         f"{tuple(z.shape)}")
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError(f"{op}: eval mode needs running_mean and running_var")
     mean, var, invstd = _stats(zr, running_mean, running_var, training, eps)
     scale_d = weight.reshape(-1).double() * invstd
     scale = scale_d.to(ct)
@@ -90,6 +105,10 @@ def bn_add_bwd(grad_y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, mean
                invstd: torch.Tensor, training: bool, output_mask: Sequence[bool]):
     """Returns ``(grad_z, grad_weight, grad_bias)``; empty tensors where ``output_mask``
     is False."""
+    op = "snnops.bn_add_bwd"
+    _check(op, z, weight=weight, mean=mean, invstd=invstd)
+    if grad_y.shape != z.shape:
+        raise ValueError(f"{op}: grad_y must have z's shape {tuple(z.shape)}, got {tuple(grad_y.shape)}")
     ct = _ct(z.dtype)
     g = _rows(grad_y).to(ct)
     zr = _rows(z).to(ct)
