@@ -4,10 +4,14 @@ the channels-last shapes of MS-ResNet18 at batch 16, T = 4 (and the stem's BN, w
 runs once for a static image: T = 1).
 
     python bench/bench_bn_add.py [--rounds N] [--threads 1 2] [--shapes ...]
+    python bench/bench_bn_add.py --steps [--threads 1] [--rounds 15]
     pytest bench/bench_bn_add.py --benchmark-json=bench/results/bn_add-pytest.json
 
 Prints, per thread count, the median of per-round time ratios (> 1: the fused op is
-faster) and the fused op's achieved bandwidth against a copy's in the same run.
+faster) and the fused op's achieved bandwidth against a copy's in the same run. With
+--steps: whole MS-ResNet18 training steps (CIFAR 3x32x32, batch 16, T = 4), each model
+once with every TemporalBatchNorm on PyTorch's BN + add and once on bn_add (copies of
+one initialization), interleaved round by round.
 """
 from __future__ import annotations
 
@@ -90,13 +94,68 @@ def measure(shape_id, residual=True, rounds=15):
     return row
 
 
+def measure_steps(convs=("dense", "ptt", "htt"), rounds=15):
+    import copy
+
+    from snnops import models
+    from snnops.models.blocks import TemporalBatchNorm
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    steps = {}
+    for conv in convs:
+        base = models.ms_resnet18(conv, timesteps=4)
+        for variant in ("BN + add", "bn_add"):
+            model = copy.deepcopy(base)
+            for m in model.modules():
+                if isinstance(m, TemporalBatchNorm):
+                    m.fuse_add = variant == "bn_add"
+
+            def step(model=model):
+                model.zero_grad(set_to_none=False)
+                F.cross_entropy(model(x), y).backward()
+            steps[(conv, variant)] = step
+    times = _util.interleave(steps, rounds=rounds, min_time=0)
+    rows = []
+    for conv in convs:
+        row = {"model": conv, "native_s": statistics.median(times[(conv, "BN + add")]),
+               "bn_add_s": statistics.median(times[(conv, "bn_add")]),
+               "speedup": _util.median_ratio(times, (conv, "BN + add"), (conv, "bn_add"))}
+        if conv != "dense" and "dense" in convs:
+            for variant, key in (("BN + add", "native"), ("bn_add", "bn_add")):
+                row[f"{key}_reduction"] = 1 - 1 / _util.median_ratio(times, ("dense", variant), (conv, variant))
+        rows.append(row)
+    return rows
+
+
+def main_steps(args):
+    runs = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        load0 = os.getloadavg()[0]
+        rows = measure_steps(rounds=args.rounds)
+        load = (load0, os.getloadavg()[0])
+        _util.print_table(rows, [("model", "model", "{}"), ("native_s", "BN + add s", "{:.3f}"),
+                                 ("bn_add_s", "bn_add s", "{:.3f}"), ("speedup", "x", "{:.3f}"),
+                                 ("native_reduction", "vs dense before", "{:.1%}"),
+                                 ("bn_add_reduction", "vs dense after", "{:.1%}")],
+                          title=f"MS-ResNet18 training steps, {threads} thread(s), {args.rounds} rounds, load "
+                                f"{load[0]:.2f} -> {load[1]:.2f} (x > 1: bn_add faster)")
+        runs.append({"machine": _util.machine(), "load": load, "rows": rows})
+    path = _util.save_json(args.out + "-steps", {"runs": runs})
+    print(f"saved {path}")
+    return runs
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--out", default="bn_add", help="name of the JSON file in bench/results")
+    p.add_argument("--steps", action="store_true", help="whole MS-ResNet18 training steps instead")
     args = p.parse_args(argv)
+    if args.steps:
+        return main_steps(args)
     runs = []
     for threads in args.threads:
         torch.set_num_threads(threads)
