@@ -72,6 +72,20 @@ def test_profile_system_allocator_measures_the_same_peak(tmp_path):
     assert peaks["cache"] == peaks["system"]
 
 
+def test_profile_settle_runs_untimed_steps_first(tmp_path, monkeypatch):
+    """--settle N: N untimed steps of a method right before each timed one."""
+    calls = []
+    real_step = prof._step
+    monkeypatch.setattr(prof, "_step", lambda model, x, y: (calls.append(id(model)), real_step(model, x, y))[1])
+    out = tmp_path / "settle.json"
+    assert cli_main(["profile", *TINY, "--methods", "ptt", "--ranks", "4", "--settle", "2", "--json", str(out),
+                     "--no-chart"]) == 0
+    assert json.loads(out.read_text())["config"]["settle"] == 2
+    # --repeats 2, --warmup 0: each timed step after two untimed ones; then the one
+    # profiled step of the time shares
+    assert len(calls) == 2 * 3 + 1
+
+
 def test_peak_memory_counts_saved_activations():
     """The replayed allocator peak covers what autograd saves; the snnops model saves
     and peaks far lower than the same model on plain PyTorch ops. (PTT with small ranks:
@@ -126,6 +140,7 @@ def test_check_targets():
     (["--ranks", "0"], "--ranks must be positive"),
     (["--ranks", "4,4"], "one int, 4"),
     (["--threads", "0"], "--threads must be >= 1"),
+    (["--settle", "-1"], "--settle must be >= 0"),
 ])
 def test_bad_input_exit_code_2(capsys, extra, message):
     args = [a for a in TINY if a not in ("--input-size", "3x8x8")] + extra

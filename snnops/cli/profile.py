@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "block cache (snnops.cache_all_cpu_tensors), as with a preloaded jemalloc")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
+    p.add_argument("--settle", type=int, default=0,
+                   help="untimed steps of a method right before each of its timed steps, so each is timed "
+                        "in the steady state of its own training loop, not in the memory state the previous "
+                        "method left (default 0: each timed step follows the previous method's, as in "
+                        "the measurements in docs/profile.md)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, metavar="PATH", help="write the rows as JSON")
     p.add_argument("--chart", default="snnops_profile.png", metavar="PATH",
@@ -304,7 +309,7 @@ def _progress(total, show):
 
 
 def measure(model_name, input_size, timesteps, batch_size, num_classes, ranks, schedule, methods, repeats,
-            warmup, seed, progress=None):
+            warmup, seed, progress=None, settle=0):
     """Build the models, time them interleaved, profile them; returns the rows."""
     from ..models import build, convert_backend
 
@@ -338,6 +343,8 @@ def measure(model_name, input_size, timesteps, batch_size, num_classes, ranks, s
             order = methods[r % len(methods):] + methods[:r % len(methods)]  # rotate who goes first
             this_round = {}
             for key in order:
+                for _ in range(settle):
+                    _step(models[key], x, y)
                 t0 = time.perf_counter()
                 _step(models[key], x, y)
                 this_round[key] = time.perf_counter() - t0
@@ -526,8 +533,9 @@ def main(argv) -> int:
                         ("repeats", args.repeats)):
         if value < 1:
             raise CLIError(f"--{name} must be >= 1, got {value}")
-    if args.warmup < 0:
-        raise CLIError(f"--warmup must be >= 0, got {args.warmup}")
+    for name, value in (("warmup", args.warmup), ("settle", args.settle)):
+        if value < 0:
+            raise CLIError(f"--{name} must be >= 0, got {value}")
     if args.threads is not None:
         if args.threads < 1:
             raise CLIError(f"--threads must be >= 1, got {args.threads}")
@@ -550,11 +558,12 @@ def main(argv) -> int:
     size_text = "x".join(map(str, input_size))
     config = dict(model=model_name, input_size=list(input_size), input_size_text=size_text, timesteps=timesteps,
                   batch_size=args.batch_size, num_classes=num_classes, threads=threads, repeats=args.repeats,
-                  warmup=args.warmup, schedule=args.schedule, methods=methods, cpu_isa=cpu_isa(), allocator=allocator,
+                  warmup=args.warmup, settle=args.settle, schedule=args.schedule, methods=methods, cpu_isa=cpu_isa(), allocator=allocator,
                   torch=torch.__version__, machine=platform.processor() or platform.machine())
     print(f"snnops profile: {model_name}, input {size_text}, T={timesteps}, batch {args.batch_size}, "
           f"{num_classes} classes; {threads} threads, CPU kernels {cpu_isa()}, {allocator} allocator; "
-          f"{args.warmup} warm-up + {args.repeats} timed rounds, methods interleaved", flush=True)
+          f"{args.warmup} warm-up + {args.repeats} timed rounds, methods interleaved, {args.settle} untimed "
+          f"step(s) of a method before each of its timed ones", flush=True)
     total = (args.warmup + args.repeats) * len(methods) + 2 * len(methods)
     bar = _progress(total, not args.no_progress)
     t0 = time.perf_counter()
@@ -564,7 +573,7 @@ def main(argv) -> int:
         _native.cache_all_cpu_tensors(True)
     try:
         rows = measure(model_name, input_size, timesteps, args.batch_size, num_classes, ranks, args.schedule,
-                       methods, args.repeats, args.warmup, args.seed, bar)
+                       methods, args.repeats, args.warmup, args.seed, bar, settle=args.settle)
     finally:
         if allocator == "cache" and not was_global:
             _native.cache_all_cpu_tensors(False)
