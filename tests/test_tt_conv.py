@@ -186,6 +186,20 @@ def test_tt_block_pool_ties_pick_the_first_maximum(cpu_isa):
     assert torch.equal(y, ref)
 
 
+def test_tt_block_pool_ties_and_nan_over_many_channels(cpu_isa):
+    # 37 output channels: two 16-channel vector blocks and a scalar tail. Zero input
+    # ties every window (the first maximum wins); a NaN input spreads NaN over its
+    # cross-shaped neighbourhood, and NaN wins a window, as in F.max_pool2d.
+    o = torch.zeros(2, 4, 6, 6)
+    o[0, 1, 2, 3] = float("nan")
+    o[1, 0, 5, 0] = float("nan")
+    w2, w3, w4 = block_weights(4, 37, True)
+    y, idx = torch.ops.snnops.tt_block(o, w2, w3, w4, True, [], True)
+    ref, ref_idx = reference.tt_block(o, w2, w3, w4, True, [], True)
+    assert torch.isnan(ref).any() and torch.equal(idx, ref_idx)
+    torch.testing.assert_close(y, ref, equal_nan=True, rtol=0, atol=0)
+
+
 def test_tt_block_masks_and_empty():
     o = torch.randn(2, 4, 5, 5)
     w2, w3, w4 = block_weights(4, 6, True)

@@ -511,9 +511,33 @@ void middle_forward(int isa, const Problem& pb, const Packed<T>& P, const Band& 
   }
 }
 
+#if SNN_HAVE_AVX2
+// pool_band's max and argmax over a 2x2 window for 16 channels at a time, with its
+// rule: a later value replaces the best when greater or NaN. Returns the channels
+// done (the scalar loop was ~19% of a pooled layer's forward on two threads).
+SNN_AVX512 int64_t pool_pixel_avx512(const float* const* q, int64_t C, float* out, uint8_t* idx) {
+  int64_t c = 0;
+  for (; c + 16 <= C; c += 16) {
+    __m512 best = _mm512_loadu_ps(q[0] + c);
+    __m512i arg = _mm512_setzero_si512();
+    for (int d = 1; d < 4; ++d) {
+      const __m512 v = _mm512_loadu_ps(q[d] + c);
+      const __mmask16 take = _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+      best = _mm512_mask_mov_ps(best, take, v);
+      arg = _mm512_mask_mov_epi32(arg, take, _mm512_set1_epi32(d));
+    }
+    _mm512_storeu_ps(out + c, best);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(idx + c), _mm512_cvtepi32_epi8(arg));
+  }
+  return c;
+}
+#endif
+
 template <typename T>
 void pool_band(const Problem& pb, const Band& b, const T* ytile, T* out, uint8_t* idx, int64_t n0) {
   const int64_t Hp = pb.H / 2, Wp = pb.W / 2, C = pb.cout;
+  const bool vec = tt::isa_level() >= 2;
+  (void)vec;
   for (int64_t j = 0; j < b.g; ++j, ytile += b.rows() * pb.W * C) {
   const int64_t n = n0 + j;
   for (int64_t ph = b.h0 / 2; ph < std::min(Hp, b.h1 / 2); ++ph) {
@@ -521,7 +545,13 @@ void pool_band(const Problem& pb, const Band& b, const T* ytile, T* out, uint8_t
       const int64_t o = ((n * Hp + ph) * Wp + pw) * C;
       const T* q[4];
       for (int d = 0; d < 4; ++d) q[d] = ytile + ((2 * ph + d / 2 - b.h0) * pb.W + 2 * pw + d % 2) * C;
-      for (int64_t c = 0; c < C; ++c) {
+      int64_t c = 0;
+#if SNN_HAVE_AVX2
+      if constexpr (std::is_same<T, float>::value) {
+        if (vec) c = pool_pixel_avx512(q, C, out + o, idx + o);
+      }
+#endif
+      for (; c < C; ++c) {
         T best = q[0][c];
         uint8_t arg = 0;
         for (uint8_t d = 1; d < 4; ++d) {
