@@ -30,7 +30,7 @@ import triton.language as tl
 
 from snnops import reference as _reference
 
-from .bn_lif import MAX_PARTIALS, STAT_ROWS, _stats_final_kernel, _stats_partial_kernel
+from .bn_lif import MAX_PARTIALS, bn_coefficients
 
 TILE = 2048                  # elements per elementwise tile: BLOCK_R * BLOCK_C
 _LAUNCH = dict(enable_fp_fusion=False)
@@ -191,24 +191,8 @@ def bn_add_fwd(z, residual, weight, bias, running_mean, running_var, training, e
     nr = zr.shape[0]
     block_c = _block_c(c)
     cblocks = triton.cdiv(c, block_c)
-    eps_t = torch.tensor([eps], dtype=torch.float64, device=dev)
-    w, b = weight.reshape(-1).contiguous(), bias.reshape(-1).contiguous()
-    if training:
-        tiles = triton.cdiv(nr, STAT_ROWS)
-        rows_per_prog = triton.cdiv(tiles, min(tiles, MAX_PARTIALS)) * STAT_ROWS
-        parts = triton.cdiv(nr, rows_per_prog)
-        pmean = torch.empty((parts, c), dtype=torch.float32, device=dev)
-        pm2 = torch.empty((parts, c), dtype=torch.float32, device=dev)
-        _stats_partial_kernel[(parts, cblocks)](zr, pmean, pm2, nr, c, rows_per_prog,
-                                                BLOCK_R=STAT_ROWS, BLOCK_C=block_c, **_LAUNCH)
-        rm = rv = pmean  # unused
-    else:
-        parts, rows_per_prog = 0, 1
-        pmean = pm2 = eps_t  # unused
-        rm, rv = running_mean.reshape(-1).contiguous(), running_var.reshape(-1).contiguous()
-    _stats_final_kernel[(cblocks,)](zr, pmean, pm2, w, b, rm, rv, eps_t, mean, invstd, var, scale, shift,
-                                    parts, nr, c, rows_per_prog, TRAINING=bool(training), BLOCK_C=block_c,
-                                    **_LAUNCH)
+    bn_coefficients(zr, nr, c, weight, bias, running_mean, running_var, training, eps, mean, invstd, var, scale,
+                    shift)
     if nr:
         res = _rows(residual) if residual is not None else zr
         block_r = TILE // block_c

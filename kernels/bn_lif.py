@@ -286,6 +286,35 @@ def _check_fwd(z, weight, bias, running_mean, running_var, training):
                          f"{tuple(z.shape)}")
 
 
+def bn_coefficients(z_rows, nr, c, weight, bias, running_mean, running_var, training, eps, mean, invstd, var,
+                    scale, shift):
+    """The tdBN per-channel coefficients into mean / invstd / var / scale / shift (float32
+    [c]): batch statistics of the nr x c rows z_rows (partial sums per block of rows, then
+    combined per channel) in training, the running ones in eval. Shared by bn_lif and
+    bn_add."""
+    dev = z_rows.device
+    block_c = _block_c(c)
+    cblocks = triton.cdiv(c, block_c)
+    eps_t = torch.tensor([eps], dtype=torch.float64, device=dev)
+    w, b = weight.reshape(-1).contiguous(), bias.reshape(-1).contiguous()
+    if training:
+        tiles = triton.cdiv(nr, STAT_ROWS)
+        rows_per_prog = triton.cdiv(tiles, min(tiles, MAX_PARTIALS)) * STAT_ROWS
+        parts = triton.cdiv(nr, rows_per_prog)
+        pmean = torch.empty((parts, c), dtype=torch.float32, device=dev)
+        pm2 = torch.empty((parts, c), dtype=torch.float32, device=dev)
+        _stats_partial_kernel[(parts, cblocks)](z_rows, pmean, pm2, nr, c, rows_per_prog,
+                                                BLOCK_R=STAT_ROWS, BLOCK_C=block_c, **_LAUNCH)
+        rm = rv = pmean  # unused
+    else:
+        parts, rows_per_prog = 0, 1
+        pmean = pm2 = eps_t  # unused
+        rm, rv = running_mean.reshape(-1).contiguous(), running_var.reshape(-1).contiguous()
+    _stats_final_kernel[(cblocks,)](z_rows, pmean, pm2, w, b, rm, rv, eps_t, mean, invstd, var, scale, shift,
+                                    parts, nr, c, rows_per_prog, TRAINING=bool(training), BLOCK_C=block_c,
+                                    **_LAUNCH)
+
+
 def bn_lif_fwd(z, weight, bias, running_mean, running_var, training, eps, decay, v_threshold, v_reset, width):
     if z.dtype == torch.float64:
         return _reference.bn_lif_fwd(z, weight, bias, running_mean, running_var, training, eps, decay,
@@ -304,25 +333,8 @@ def bn_lif_fwd(z, weight, bias, running_mean, running_var, training, eps, decay,
     zc = _input(z)
     block_c = _block_c(c)
     cblocks = triton.cdiv(c, block_c)
-    eps_t = torch.tensor([eps], dtype=torch.float64, device=dev)
-    w = weight.reshape(-1).contiguous()
-    b = bias.reshape(-1).contiguous()
-    if training:
-        tiles = triton.cdiv(nr, STAT_ROWS)
-        rows_per_prog = triton.cdiv(tiles, min(tiles, MAX_PARTIALS)) * STAT_ROWS
-        parts = triton.cdiv(nr, rows_per_prog)
-        pmean = torch.empty((parts, c), dtype=torch.float32, device=dev)
-        pm2 = torch.empty((parts, c), dtype=torch.float32, device=dev)
-        _stats_partial_kernel[(parts, cblocks)](zc, pmean, pm2, nr, c, rows_per_prog,
-                                                BLOCK_R=STAT_ROWS, BLOCK_C=block_c, **_LAUNCH)
-        rm = rv = pmean  # unused
-    else:
-        parts, rows_per_prog = 0, 1
-        pmean = pm2 = eps_t  # unused
-        rm, rv = running_mean.reshape(-1).contiguous(), running_var.reshape(-1).contiguous()
-    _stats_final_kernel[(cblocks,)](zc, pmean, pm2, w, b, rm, rv, eps_t, mean, invstd, var, scale, shift,
-                                    parts, nr, c, rows_per_prog, TRAINING=bool(training), BLOCK_C=block_c,
-                                    **_LAUNCH)
+    bn_coefficients(zc, nr, c, weight, bias, running_mean, running_var, training, eps, mean, invstd, var, scale,
+                    shift)
     if nr:
         block_r = TILE // block_c
         _fwd_kernel[(triton.cdiv(rows, block_r), cblocks)](

@@ -198,54 +198,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_add_fwd_cpu(
   int64_t period = 1;
   if (has_res) std::tie(res, period) = residual_rows(*residual_in, ct);
   const int64_t M = z.size(0);
-  std::vector<double> mean(C), var(C);
-  if (training) {
-    TORCH_CHECK(M > 0, op, ": training-mode statistics need at least one value per channel, got z of shape ",
-                z_in.sizes());
-    std::vector<double> s1, s2;
-    AT_DISPATCH_FLOATING_TYPES(ct, "bn_add_stats", [&] {
-      stats::channel_sums<scalar_t>(z.data_ptr<scalar_t>(), M, C, s1, s2);
-    });
-    for (int64_t c = 0; c < C; ++c) {
-      mean[c] = s1[c] / (double)M;
-      var[c] = std::max(0.0, s2[c] / (double)M - mean[c] * mean[c]);
-    }
-  } else {
-    TORCH_CHECK(running_mean.has_value() && running_var.has_value() && running_mean->defined() &&
-                    running_var->defined(),
-                op, ": eval mode needs running_mean and running_var");
-    TORCH_CHECK(running_mean->numel() == C && running_var->numel() == C, op,
-                ": running_mean and running_var need ", C, " entries, got ", running_mean->numel(), " and ",
-                running_var->numel());
-    at::Tensor rm = running_mean->to(at::kDouble).contiguous(), rv = running_var->to(at::kDouble).contiguous();
-    std::copy(rm.data_ptr<double>(), rm.data_ptr<double>() + C, mean.begin());
-    std::copy(rv.data_ptr<double>(), rv.data_ptr<double>() + C, var.begin());
-  }
-  at::Tensor wd = weight.to(at::kDouble).contiguous(), bd = bias.to(at::kDouble).contiguous();
-  const double* wp = wd.data_ptr<double>();
-  const double* bp = bd.data_ptr<double>();
-  auto opts = z.options();
-  at::Tensor mean_t = at::empty({C}, opts), invstd_t = at::empty({C}, opts), var_t = at::empty({C}, opts);
-  at::Tensor scale_t = at::empty({C}, opts), shift_t = at::empty({C}, opts);
-  AT_DISPATCH_FLOATING_TYPES(ct, "bn_add_coeffs", [&] {
-    for (int64_t c = 0; c < C; ++c) {
-      const double invstd = 1.0 / std::sqrt(var[c] + eps);
-      const double scale = wp[c] * invstd;
-      mean_t.data_ptr<scalar_t>()[c] = (scalar_t)mean[c];
-      invstd_t.data_ptr<scalar_t>()[c] = (scalar_t)invstd;
-      var_t.data_ptr<scalar_t>()[c] = (scalar_t)var[c];
-      scale_t.data_ptr<scalar_t>()[c] = (scalar_t)scale;
-      shift_t.data_ptr<scalar_t>()[c] = (scalar_t)(bp[c] - mean[c] * scale);
-    }
-  });
+  const stats::BnCoeffs k = stats::bn_coefficients(z, weight, bias, running_mean, running_var, training, eps, op);
+  const auto opts = z.options();
   auto [y, y_rows] = rows_like(z_in, opts);
   if (M > 0 && C > 0) {
     const bool avx512 = ct == at::kFloat && use_avx512(), avx2 = ct == at::kFloat && use_avx2();
     AT_DISPATCH_FLOATING_TYPES(ct, "bn_add_fwd", [&] {
       const scalar_t* zp = z.data_ptr<scalar_t>();
       const scalar_t* rp = has_res ? res.data_ptr<scalar_t>() : nullptr;
-      const scalar_t* sc = scale_t.data_ptr<scalar_t>();
-      const scalar_t* sh = shift_t.data_ptr<scalar_t>();
+      const scalar_t* sc = k.scale.data_ptr<scalar_t>();
+      const scalar_t* sh = k.shift.data_ptr<scalar_t>();
       scalar_t* yp = y_rows.data_ptr<scalar_t>();
       parallel_pieces(M, row_grain(C), [&](int64_t r0, int64_t r1) {
 #if SNN_HAVE_AVX2
@@ -263,7 +225,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_add_fwd_cpu(
     (void)avx2;
   }
   if (z_in.scalar_type() != ct) y = y.to(z_in.scalar_type());
-  return {y, mean_t, invstd_t, var_t};
+  return {y, k.mean, k.invstd, k.var};
 }
 
 // ------------------------------------------------------------------ backward

@@ -136,38 +136,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const int64_t steps = z.size(0), rows = z.size(1), C = z.size(2), W = ceil_div(C, 32);
   TORCH_CHECK(weight.numel() == C && bias.numel() == C, "snnops.bn_lif: weight and bias need ", C, " entries");
   const int64_t n = steps * rows;
-  std::vector<double> mean(C), var(C);
-  if (training) {
-    TORCH_CHECK(n > 0, "snnops.bn_lif: training-mode statistics need at least one value per channel");
-    std::vector<double> s1, s2;
-    AT_DISPATCH_FLOATING_TYPES(ct, "bn_lif_stats", [&] { channel_sums<scalar_t>(z.data_ptr<scalar_t>(), n, C, s1, s2); });
-    for (int64_t c = 0; c < C; ++c) {
-      mean[c] = s1[c] / (double)n;
-      var[c] = std::max(0.0, s2[c] / (double)n - mean[c] * mean[c]);
-    }
-  } else {
-    TORCH_CHECK(running_mean.has_value() && running_var.has_value(), "snnops.bn_lif: eval mode needs running stats");
-    at::Tensor rm = running_mean->to(at::kDouble).contiguous(), rv = running_var->to(at::kDouble).contiguous();
-    std::copy(rm.data_ptr<double>(), rm.data_ptr<double>() + C, mean.begin());
-    std::copy(rv.data_ptr<double>(), rv.data_ptr<double>() + C, var.begin());
-  }
-  at::Tensor wd = weight.to(at::kDouble).contiguous(), bd = bias.to(at::kDouble).contiguous();
-  const double* wp = wd.data_ptr<double>();
-  const double* bp = bd.data_ptr<double>();
-  auto opts = z.options();
-  at::Tensor mean_t = at::empty({C}, opts), invstd_t = at::empty({C}, opts), var_t = at::empty({C}, opts);
-  at::Tensor scale_t = at::empty({C}, opts), shift_t = at::empty({C}, opts);
-  AT_DISPATCH_FLOATING_TYPES(ct, "bn_lif_coeffs", [&] {
-    for (int64_t c = 0; c < C; ++c) {
-      const double invstd = 1.0 / std::sqrt(var[c] + eps);
-      const double scale = wp[c] * invstd;
-      mean_t.data_ptr<scalar_t>()[c] = (scalar_t)mean[c];
-      invstd_t.data_ptr<scalar_t>()[c] = (scalar_t)invstd;
-      var_t.data_ptr<scalar_t>()[c] = (scalar_t)var[c];
-      scale_t.data_ptr<scalar_t>()[c] = (scalar_t)scale;
-      shift_t.data_ptr<scalar_t>()[c] = (scalar_t)(bp[c] - mean[c] * scale);
-    }
-  });
+  const stats::BnCoeffs k = stats::bn_coefficients(z.view({n, C}), weight, bias, running_mean, running_var, training,
+                                                    eps, "snnops.bn_lif");
+  const auto opts = z.options();
   at::Tensor spikes = cached_empty({steps, rows, C}, opts);
   at::Tensor packed = cached_empty({steps, rows, W}, opts.dtype(at::kInt));
   at::Tensor window = cached_empty({steps, rows, W}, opts.dtype(at::kInt));
@@ -178,8 +149,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const bool avx = ct == at::kFloat && use_avx2();
     AT_DISPATCH_FLOATING_TYPES(ct, "bn_lif_fwd", [&] {
       const scalar_t* zp = z.data_ptr<scalar_t>();
-      const scalar_t* sc = scale_t.data_ptr<scalar_t>();
-      const scalar_t* sh = shift_t.data_ptr<scalar_t>();
+      const scalar_t* sc = k.scale.data_ptr<scalar_t>();
+      const scalar_t* sh = k.shift.data_ptr<scalar_t>();
       scalar_t* sp = spikes.data_ptr<scalar_t>();
       at::parallel_for(0, rows, row_grain(steps, C), [&](int64_t r0, int64_t r1) {
 #if SNN_HAVE_AVX2
@@ -196,7 +167,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     (void)avx;
   }
   if (z_in.scalar_type() != ct) spikes = spikes.to(z_in.scalar_type());
-  return {spikes, packed, window, mean_t, invstd_t, var_t};
+  return {spikes, packed, window, k.mean, k.invstd, k.var};
 }
 
 // ------------------------------------------------------------------ backward

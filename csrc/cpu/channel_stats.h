@@ -12,9 +12,12 @@
 // storing them every row: the row loop then has no store-to-load dependency.
 #pragma once
 
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
+#include <optional>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -174,6 +177,62 @@ void channel_sums(const T* z, int64_t rows, int64_t C, std::vector<double>& s1, 
       s2[c] += p1[C + c];
     }
   }
+}
+
+// The tdBN's per-channel coefficients, so that y = z * scale + shift: the batch
+// statistics of z [rows, C] (contiguous, float or double; biased variance) in training,
+// the running ones in eval. mean / invstd / var are what the ops return and keep for
+// backward; all are in z's dtype, computed in double.
+struct BnCoeffs {
+  at::Tensor mean, invstd, var, scale, shift;
+};
+
+inline BnCoeffs bn_coefficients(const at::Tensor& z, const at::Tensor& weight, const at::Tensor& bias,
+                                const std::optional<at::Tensor>& running_mean,
+                                const std::optional<at::Tensor>& running_var, bool training, double eps,
+                                const char* op) {
+  const int64_t rows = z.size(0), C = z.size(1);
+  std::vector<double> mean(C), var(C);
+  if (training) {
+    TORCH_CHECK(rows > 0, op, ": training-mode statistics need at least one value per channel, got ", rows,
+                " rows");
+    std::vector<double> s1, s2;
+    AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "bn_stats", [&] {
+      channel_sums<scalar_t>(z.data_ptr<scalar_t>(), rows, C, s1, s2);
+    });
+    for (int64_t c = 0; c < C; ++c) {
+      mean[c] = s1[c] / (double)rows;
+      var[c] = std::max(0.0, s2[c] / (double)rows - mean[c] * mean[c]);
+    }
+  } else {
+    TORCH_CHECK(running_mean.has_value() && running_var.has_value() && running_mean->defined() &&
+                    running_var->defined(),
+                op, ": eval mode needs running_mean and running_var");
+    TORCH_CHECK(running_mean->numel() == C && running_var->numel() == C, op,
+                ": running_mean and running_var need ", C, " entries, got ", running_mean->numel(), " and ",
+                running_var->numel());
+    at::Tensor rm = running_mean->to(at::kDouble).contiguous(), rv = running_var->to(at::kDouble).contiguous();
+    std::copy(rm.data_ptr<double>(), rm.data_ptr<double>() + C, mean.begin());
+    std::copy(rv.data_ptr<double>(), rv.data_ptr<double>() + C, var.begin());
+  }
+  at::Tensor wd = weight.to(at::kDouble).contiguous(), bd = bias.to(at::kDouble).contiguous();
+  const double* wp = wd.data_ptr<double>();
+  const double* bp = bd.data_ptr<double>();
+  const auto opts = z.options();
+  BnCoeffs k{at::empty({C}, opts), at::empty({C}, opts), at::empty({C}, opts), at::empty({C}, opts),
+             at::empty({C}, opts)};
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "bn_coeffs", [&] {
+    for (int64_t c = 0; c < C; ++c) {
+      const double invstd = 1.0 / std::sqrt(var[c] + eps);
+      const double scale = wp[c] * invstd;
+      k.mean.data_ptr<scalar_t>()[c] = (scalar_t)mean[c];
+      k.invstd.data_ptr<scalar_t>()[c] = (scalar_t)invstd;
+      k.var.data_ptr<scalar_t>()[c] = (scalar_t)var[c];
+      k.scale.data_ptr<scalar_t>()[c] = (scalar_t)scale;
+      k.shift.data_ptr<scalar_t>()[c] = (scalar_t)(bp[c] - mean[c] * scale);
+    }
+  });
+  return k;
 }
 
 }  // namespace stats
