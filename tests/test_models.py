@@ -214,6 +214,22 @@ def test_spike_conv_saves_bits():
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6)
 
 
+def _assert_same_training_math(fused, separate, a, b, x, y):
+    """Two float64 models built alike (one on a fused path, one not) agree: the training
+    outputs a, b of x, the gradients and running statistics they leave, then the eval
+    output."""
+    torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    F.cross_entropy(a, y).backward()
+    F.cross_entropy(b, y).backward()
+    for (name, p), q in zip(fused.named_parameters(), separate.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-7, atol=1e-9, msg=name)
+    for (name, t), u in zip(fused.named_buffers(), separate.buffers()):
+        torch.testing.assert_close(t, u, rtol=1e-9, atol=1e-12, msg=name)
+    fused.eval()
+    separate.eval()
+    torch.testing.assert_close(fused(x), separate(x), rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("conv", ("dense", "htt"))
 def test_fused_bn_lif_equals_bn_then_lif(conv, monkeypatch):
     """Each block's first BN and the LIF after it run as one fused op on snnops; the
@@ -233,16 +249,7 @@ def test_fused_bn_lif_equals_bn_then_lif(conv, monkeypatch):
     x, y = torch.randn(4, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 3])
     a, b = fused(x), separate(x)
     assert len(calls) == 8                      # one per block
-    torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
-    F.cross_entropy(a, y).backward()
-    F.cross_entropy(b, y).backward()
-    for (name, p), q in zip(fused.named_parameters(), separate.parameters()):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-7, atol=1e-9, msg=name)
-    for (name, t), u in zip(fused.named_buffers(), separate.buffers()):
-        torch.testing.assert_close(t, u, rtol=1e-9, atol=1e-12, msg=name)
-    fused.eval()
-    separate.eval()
-    torch.testing.assert_close(fused(x), separate(x), rtol=1e-9, atol=1e-9)
+    _assert_same_training_math(fused, separate, a, b, x, y)
 
 
 @pytest.mark.parametrize("conv", ("dense", "ptt"))
@@ -265,16 +272,7 @@ def test_bn_add_equals_bn_then_add(conv, monkeypatch):
     x, y = torch.randn(4, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 3])
     a, b = fused(x), separate(x)
     assert calls.count(True) == 8 and calls.count(False) == 4     # 8 blocks; stem + 3 shortcut BNs
-    torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
-    F.cross_entropy(a, y).backward()
-    F.cross_entropy(b, y).backward()
-    for (name, p), q in zip(fused.named_parameters(), separate.parameters()):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-7, atol=1e-9, msg=name)
-    for (name, t), u in zip(fused.named_buffers(), separate.buffers()):
-        torch.testing.assert_close(t, u, rtol=1e-9, atol=1e-12, msg=name)
-    fused.eval()
-    separate.eval()
-    torch.testing.assert_close(fused(x), separate(x), rtol=1e-9, atol=1e-9)
+    _assert_same_training_math(fused, separate, a, b, x, y)
     # event frames: the stem BN over all T steps
     frames = torch.randn(2, 4, 3, 8, 8, dtype=torch.float64)
     fused.train()
