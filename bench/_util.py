@@ -28,8 +28,13 @@ def timeit(fn, min_time=0.02):
             return elapsed / n
 
 
-def interleave(fns: dict, rounds=15, warmup=2, min_time=0.02):
-    """Time every callable in ``fns`` alternately. Returns {name: [seconds per round]}."""
+def interleave(fns: dict, rounds=15, warmup=2, min_time=0.02, settle=0.0):
+    """Time every callable in ``fns`` alternately. Returns {name: [seconds per round]}.
+
+    ``settle``: seconds of untimed calls at the start of each turn (at least one call
+    when above 0), so that a turn times the callable's steady state rather than its
+    first calls after a switch (see ../docs/benchmarks.md).
+    """
     names = list(fns)
     for _ in range(warmup):
         for name in names:
@@ -38,6 +43,8 @@ def interleave(fns: dict, rounds=15, warmup=2, min_time=0.02):
     for r in range(rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
+            if settle > 0:
+                timeit(fns[name], settle)
             times[name].append(timeit(fns[name], min_time))
     return times
 
