@@ -57,8 +57,8 @@ inline int64_t rows_of(const at::Tensor& x) {
 }
 
 at::Tensor as_rows(const at::Tensor& x, at::ScalarType ct) {
-  if (x.dim() == 2) return x.to(ct).contiguous();
-  return x.permute(rows_order(x.dim())).to(ct).contiguous().view({rows_of(x), channels_of(x)});
+  if (x.dim() == 2) return cached_contiguous(x, ct);
+  return cached_contiguous(x.permute(rows_order(x.dim())), ct).view({rows_of(x), channels_of(x)});
 }
 
 // The residual as rows, read in place when its rows are contiguous or repeat a

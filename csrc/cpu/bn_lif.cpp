@@ -132,7 +132,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     double eps, double decay, double v_threshold, double v_reset, double width) {
   TORCH_CHECK(z_in.dim() == 3, "snnops.bn_lif: z must be [T, M, C], got ", z_in.sizes());
   const at::ScalarType ct = z_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor z = z_in.to(ct).contiguous();
+  at::Tensor z = cached_contiguous(z_in, ct);
   const int64_t steps = z.size(0), rows = z.size(1), C = z.size(2), W = ceil_div(C, 32);
   TORCH_CHECK(weight.numel() == C && bias.numel() == C, "snnops.bn_lif: weight and bias need ", C, " entries");
   const int64_t n = steps * rows;
@@ -320,9 +320,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_lif_bwd_cpu(
     double decay, double width, std::array<bool, 3> output_mask) {
   TORCH_CHECK(z_in.dim() == 3, "snnops.bn_lif_bwd: z must be [T, M, C], got ", z_in.sizes());
   const at::ScalarType ct = z_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor z = z_in.to(ct).contiguous();
+  at::Tensor z = cached_contiguous(z_in, ct);
   const int64_t steps = z.size(0), rows = z.size(1), C = z.size(2), W = ceil_div(C, 32);
-  at::Tensor gs = grad_spikes.to(ct).contiguous();
+  at::Tensor gs = cached_contiguous(grad_spikes, ct);
   TORCH_CHECK(gs.sizes() == z.sizes(), "snnops.bn_lif_bwd: grad_spikes must have z's shape");
   at::Tensor mean = mean_in.to(ct).contiguous(), invstd = invstd_in.to(ct).contiguous();
   at::Tensor packed = packed_in.contiguous(), window = window_in.contiguous();

@@ -205,6 +205,14 @@ at::Tensor cached_zeros(at::IntArrayRef sizes, const at::TensorOptions& opts) {
   return cached_empty(sizes, opts).zero_();
 }
 
+at::Tensor cached_contiguous(const at::Tensor& t, at::ScalarType dtype) {
+  if (t.is_contiguous() && t.scalar_type() == dtype) return t;
+  if (!t.device().is_cpu()) return t.to(dtype).contiguous();
+  at::Tensor out = cached_empty(t.sizes(), t.options().dtype(dtype), at::MemoryFormat::Contiguous);
+  out.copy_(t);
+  return out;
+}
+
 }  // namespace snnops
 
 // For snnops._C (module.cpp has no torch headers).

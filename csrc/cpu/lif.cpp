@@ -763,7 +763,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_fwd_c
   const auto ct = compute_type(out_type);
   const int64_t steps = x_in.size(0);
   const int64_t N = steps > 0 ? x_in.numel() / steps : c10::multiply_integers(x_in.sizes().slice(1));
-  at::Tensor x = x_in.to(ct).contiguous();
+  at::Tensor x = cached_contiguous(x_in, ct);
   at::Tensor v0;
   if (v0_in.has_value() && v0_in->defined()) {
     TORCH_CHECK(v0_in->sizes() == x_in.sizes().slice(1), "snnops.lif: v must have the shape of one timestep ",
@@ -844,7 +844,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_fwd_c
 
 at::Tensor grad_or_undefined(const std::optional<at::Tensor>& g, at::ScalarType ct) {
   if (!g.has_value() || !g->defined() || g->numel() == 0) return at::Tensor();
-  return g->to(ct).contiguous();
+  return cached_contiguous(*g, ct);
 }
 
 std::tuple<at::Tensor, at::Tensor> lif_bwd_cpu(
@@ -872,7 +872,7 @@ std::tuple<at::Tensor, at::Tensor> lif_bwd_cpu(
                 "snnops.lif_bwd: saved bits have the wrong layout ", saved.sizes());
   } else {
     TORCH_CHECK(x_in.has_value() && x_in->defined(), "snnops.lif_bwd: this configuration needs x");
-    x = x_in->to(ct).contiguous();
+    x = cached_contiguous(*x_in, ct);
     if (v0_in.has_value() && v0_in->defined()) v0 = v0_in->to(ct).contiguous();
   }
   if (steps == 0 || N == 0) {
