@@ -279,6 +279,33 @@ def test_tt_conv_matches_reference(cpu_isa, parallel, schedule, pool, cin, r, co
         close(a, b)
 
 
+@pytest.mark.parametrize("parallel", [True, False])
+def test_tt_conv_strided_cores(cpu_isa, parallel):
+    # Cores that are views with strides (the kernels copy them, keep the copies alive
+    # while reading them in place, and transpose them in 16 x 16 tiles: 48 and 40
+    # channels leave partial tiles) give the results of their contiguous copies.
+    cin, r, cout = 48, 40, 33
+    x = spikes(4, cin, 5, 6)
+    packed = snnops.pack_spikes(x, 1)
+    g1 = torch.randn(cin, r, 1, 1).transpose(0, 1)
+    w2, w3, w4 = block_weights(r, cout, parallel)
+    w4 = torch.randn(w3.shape[0], cout, 1, 1).transpose(0, 1)
+    w2 = w2.transpose(0, 1).contiguous().transpose(0, 1) if parallel else w2
+    assert not g1.is_contiguous() and not w4.is_contiguous()
+    cores = (g1, w2, w3, w4)
+    dense = tuple(t.contiguous() for t in cores)
+    schedule = [True, False] if parallel else []
+    y, idx, _ = torch.ops.snnops.tt_conv(packed, None, *cores, parallel, schedule, False)
+    want, _, _ = torch.ops.snnops.tt_conv(packed, None, *dense, parallel, schedule, False)
+    assert torch.equal(y, want)
+    g = torch.randn_like(y)
+    ours = torch.ops.snnops.tt_conv_bwd(g, packed, *cores, idx, parallel, schedule, False, [True] * 5)
+    ref = torch.ops.snnops.tt_conv_bwd(g, packed, *dense, idx, parallel, schedule, False, [True] * 5)
+    for a, b in zip(ours, ref):
+        assert torch.equal(a, b)
+    close(y, reference.tt_conv(packed, x, *dense, parallel, schedule, False)[0])
+
+
 @pytest.mark.parametrize("pool", [False, True])
 @pytest.mark.parametrize("hw", [(6, 37), (7, 33)], ids=str)
 def test_tt_conv_bwd_gradient_layouts(cpu_isa, pool, hw):

@@ -72,22 +72,103 @@ struct Aligned64 {
 template <typename T>
 using avec = std::vector<T, Aligned64<T>>;
 
+// A per-call weight buffer (packed weights, weight-gradient accumulators) from the block
+// cache (cached_alloc.h), uninitialized: every user writes all of it. Through new /
+// malloc the r = 176 layers' buffers (about 14 MB a backward, with the per-thread
+// gradient slots) came from fresh pages on every call, and each was zeroed first.
+template <typename T>
+struct Buf {
+  at::Tensor storage;
+  T* p = nullptr;
+  int64_t n = 0;
+  void alloc(int64_t count) {
+    storage = cached_empty({std::max<int64_t>(count, 1)}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+    p = storage.data_ptr<T>();
+    n = count;
+  }
+  // Read-only use of a contiguous weight as it is (held here: it may be a temporary).
+  void view(const at::Tensor& contiguous) {
+    storage = contiguous;
+    p = const_cast<T*>(contiguous.data_ptr<T>());
+    n = contiguous.numel();
+  }
+  T* data() { return p; }
+  const T* data() const { return p; }
+  T& operator[](int64_t i) { return p[i]; }
+  const T& operator[](int64_t i) const { return p[i]; }
+};
+
+// dst[j * ldd + i] = src[i * lds + j] for i < rows, j < cols: 16 x 16 register
+// transposes where AVX-512 runs (float), scalar 16 x 16 tiles otherwise; in parallel
+// over row tiles. Weight packing and the weight gradients' unpacking are such
+// transposes; element by element they were about 30% of the r = 176 layers' fixed cost
+// per call (0.7 ms of a 3.3 ms forward+backward at batch 1, one thread).
+#if SNN_HAVE_AVX2
+// 16 full rows from src, as many whole 16-column blocks as there are; returns the
+// columns done.
+SNN_AVX512 int64_t transpose_rows16_avx512(const float* src, int64_t cols, int64_t lds, float* dst, int64_t ldd) {
+  int64_t j0 = 0;
+  for (; j0 + 16 <= cols; j0 += 16) transpose16x16(src + j0, lds, dst + j0 * ldd, ldd);
+  return j0;
+}
+#endif
+
+template <typename T>
+void transpose_matrix(const T* src, int64_t rows, int64_t cols, int64_t lds, T* dst, int64_t ldd) {
+  constexpr int64_t k = 16;
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(k * cols, 1));
+  const bool vec = std::is_same<T, float>::value && tt::isa_level() >= 2;
+  (void)vec;
+  at::parallel_for(0, ceil_div(rows, k), grain, [&](int64_t t0, int64_t t1) {
+    for (int64_t i0 = t0 * k; i0 < std::min(rows, t1 * k); i0 += k) {
+      const int64_t ni = std::min(k, rows - i0);
+      int64_t done = 0;
+#if SNN_HAVE_AVX2
+      if constexpr (std::is_same<T, float>::value) {
+        if (vec && ni == k) done = transpose_rows16_avx512(src + i0 * lds, cols, lds, dst + i0, ldd);
+      }
+#endif
+      for (int64_t j0 = done; j0 < cols; j0 += k) {
+        const int64_t nj = std::min(k, cols - j0);
+        for (int64_t i = i0; i < i0 + ni; ++i)
+          for (int64_t j = j0; j < j0 + nj; ++j) dst[j * ldd + i] = src[i * lds + j];
+      }
+    }
+  });
+}
+
+// fn(i, j) over [0, rows) x [0, cols), in 16 x 16 tiles, in parallel over row tiles.
+// For the transposed copies of weights: a tile's strided side stays in L1 (row by row,
+// the strided writes missed on every element: packing and unpacking the r = 176
+// layers' weights was ~30% of their fixed cost per call).
+template <typename F>
+void tiled(int64_t rows, int64_t cols, const F& fn) {
+  constexpr int64_t k = 16;
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(k * cols, 1));
+  at::parallel_for(0, ceil_div(rows, k), grain, [&](int64_t t0, int64_t t1) {
+    for (int64_t i0 = t0 * k; i0 < std::min(rows, t1 * k); i0 += k)
+      for (int64_t j0 = 0; j0 < cols; j0 += k)
+        for (int64_t i = i0; i < std::min(rows, i0 + k); ++i)
+          for (int64_t j = j0; j < std::min(cols, j0 + k); ++j) fn(i, j);
+  });
+}
+
 // Per-thread weight-gradient accumulators, one slot of `total` per thread. A slot is
 // zeroed by the thread that first fills it (in parallel; a serial fill was 2.7 MB a call
 // for the r = 176 layers) and only filled slots are summed, in slot order.
 template <typename T>
 struct GradSlots {
   int64_t total = 0, count = 0;
-  std::unique_ptr<T[]> data;
+  Buf<T> data;
   std::vector<uint8_t> used;
   void reset(int64_t per_slot, int64_t slots) {
     total = per_slot;
     count = slots;
-    data.reset(new T[std::max<int64_t>(per_slot * slots, 1)]);
+    data.alloc(per_slot * slots);
     used.assign(slots, 0);
   }
   T* slot(int64_t s) {
-    T* p = data.get() + s * total;
+    T* p = data.data() + s * total;
     if (!used[s]) {
       std::fill(p, p + total, T(0));
       used[s] = 1;
@@ -199,12 +280,12 @@ const int64_t kZeroTap[1] = {0};
 // [tap][out][in]. PTT taps carry the 1/2 of the mean.
 template <typename T>
 struct Packed {
-  avec<T> ptt_f, ptt_b;  // [5][r][r]
-  avec<T> g2_f, g2_b;    // [3][r1][r2], [3][r2][r1]
-  avec<T> g3_f, g3_b;    // [3][r2][r3], [3][r3][r2]
-  avec<T> g4_f;          // [r3][cout]   (G4^T)
-  avec<T> g4_b;          // [cout][r3]   (G4)
-  avec<T> g1, g1_t;      // [r1][cin] (G1), [cin][r1] (G1^T), tt_conv only
+  Buf<T> ptt_f, ptt_b;  // [5][r][r]
+  Buf<T> g2_f, g2_b;    // [3][r1][r2], [3][r2][r1]
+  Buf<T> g3_f, g3_b;    // [3][r2][r3], [3][r3][r2]
+  Buf<T> g4_f;          // [r3][cout]   (G4^T)
+  Buf<T> g4_b;          // [cout][r3]   (G4)
+  Buf<T> g1, g1_t;      // [r1][cin] (G1), [cin][r1] (G1^T), tt_conv only
 };
 
 template <typename T>
@@ -221,53 +302,53 @@ Packed<T> pack_weights(const at::Tensor& w2c, const at::Tensor& w3c, const at::T
   const T* w3 = w3c.data_ptr<T>();  // [r3][r2][3]
   if (parallel) {
     const int64_t r = r1;
-    P.ptt_f.assign(5 * r * r, T(0));
-    if (backward) P.ptt_b.assign(5 * r * r, T(0));
-    // In parallel over co: with r = 176 these strided writes cost ~0.4 ms a call.
+    // The backward layout [t][co][ci] is the weights' own order: written in a row pass,
+    // then transposed tap by tap into the forward one (a scratch block without backward).
+    P.ptt_f.alloc(5 * r * r);
+    Buf<T> rows_first;
+    Buf<T>& pb = backward ? P.ptt_b : rows_first;
+    pb.alloc(5 * r * r);
     at::parallel_for(0, r, std::max<int64_t>(1, 2048 / std::max<int64_t>(r, 1)), [&](int64_t c0, int64_t c1) {
-      for (int64_t co = c0; co < c1; ++co) {
+      for (int64_t co = c0; co < c1; ++co)
         for (int64_t ci = 0; ci < r; ++ci) {
           const T* a = w2 + (co * r + ci) * 3;
           const T* c = w3 + (co * r + ci) * 3;
           const T v[5] = {a[0] / 2, a[2] / 2, c[0] / 2, c[2] / 2, (a[1] + c[1]) / 2};
-          for (int t = 0; t < 5; ++t) {
-            P.ptt_f[(t * r + ci) * r + co] = v[t];
-            if (backward) P.ptt_b[(t * r + co) * r + ci] = v[t];
-          }
+          for (int t = 0; t < 5; ++t) pb[(t * r + co) * r + ci] = v[t];
         }
+    });
+    for (int t = 0; t < 5; ++t) transpose_matrix<T>(pb.data() + t * r * r, r, r, r, P.ptt_f.data() + t * r * r, r);
+  } else {
+    P.g2_f.alloc(3 * r1 * r2);
+    P.g3_f.alloc(3 * r2 * r3);
+    if (backward) {
+      P.g2_b.alloc(3 * r1 * r2);
+      P.g3_b.alloc(3 * r2 * r3);
+    }
+    tiled(r2, r1, [&](int64_t b, int64_t a) {
+      for (int t = 0; t < 3; ++t) {
+        const T v = w2[(b * r1 + a) * 3 + t];
+        P.g2_f[(t * r1 + a) * r2 + b] = v;
+        if (backward) P.g2_b[(t * r2 + b) * r1 + a] = v;
       }
     });
-  } else {
-    P.g2_f.assign(3 * r1 * r2, T(0));
-    P.g3_f.assign(3 * r2 * r3, T(0));
-    if (backward) {
-      P.g2_b.assign(3 * r1 * r2, T(0));
-      P.g3_b.assign(3 * r2 * r3, T(0));
-    }
-    for (int64_t b = 0; b < r2; ++b)
-      for (int64_t a = 0; a < r1; ++a)
-        for (int t = 0; t < 3; ++t) {
-          const T v = w2[(b * r1 + a) * 3 + t];
-          P.g2_f[(t * r1 + a) * r2 + b] = v;
-          if (backward) P.g2_b[(t * r2 + b) * r1 + a] = v;
-        }
-    for (int64_t c = 0; c < r3; ++c)
-      for (int64_t b = 0; b < r2; ++b)
-        for (int t = 0; t < 3; ++t) {
-          const T v = w3[(c * r2 + b) * 3 + t];
-          P.g3_f[(t * r2 + b) * r3 + c] = v;
-          if (backward) P.g3_b[(t * r3 + c) * r2 + b] = v;
-        }
+    tiled(r3, r2, [&](int64_t c, int64_t b) {
+      for (int t = 0; t < 3; ++t) {
+        const T v = w3[(c * r2 + b) * 3 + t];
+        P.g3_f[(t * r2 + b) * r3 + c] = v;
+        if (backward) P.g3_b[(t * r3 + c) * r2 + b] = v;
+      }
+    });
   }
   if (has_g4) {
     const int64_t cout = w4c.size(0);
     const T* w4 = w4c.data_ptr<T>();  // [cout][r3]
-    P.g4_f.assign(r3 * cout, T(0));
-    at::parallel_for(0, cout, std::max<int64_t>(1, 2048 / std::max<int64_t>(r3, 1)), [&](int64_t o0, int64_t o1) {
-      for (int64_t o = o0; o < o1; ++o)
-        for (int64_t c = 0; c < r3; ++c) P.g4_f[c * cout + o] = w4[o * r3 + c];
-    });
-    if (backward) P.g4_b.assign(w4, w4 + cout * r3);
+    if (backward) {  // G4^T is the forward's alone (the backward recomputes up to G4's input)
+      P.g4_b.view(w4c);
+    } else {
+      P.g4_f.alloc(r3 * cout);
+      transpose_matrix<T>(w4, cout, r3, r3, P.g4_f.data(), cout);
+    }
   }
   return P;
 }
@@ -276,10 +357,9 @@ template <typename T>
 void pack_g1(Packed<T>& P, const at::Tensor& g1c) {
   const int64_t r1 = g1c.size(0), cin = g1c.size(1);
   const T* g = g1c.data_ptr<T>();
-  P.g1.assign(g, g + r1 * cin);
-  P.g1_t.assign(r1 * cin, T(0));
-  for (int64_t a = 0; a < r1; ++a)
-    for (int64_t c = 0; c < cin; ++c) P.g1_t[c * r1 + a] = g[a * cin + c];
+  P.g1.view(g1c);
+  P.g1_t.alloc(r1 * cin);
+  transpose_matrix<T>(g, r1, cin, cin, P.g1_t.data(), r1);
 }
 
 // ---------------------------------------------------------------- problem and bands
@@ -1127,59 +1207,66 @@ template <typename T>
 void write_weight_grads(const Problem& pb, const GradSlots<T>& slots, at::Tensor& gw2, at::Tensor& gw3,
                         at::Tensor* gw4, bool need2, bool need3, bool need4, at::Tensor* gg1 = nullptr) {
   const AccLayout L = acc_layout(pb);
-  avec<T> acc(L.total, T(0));
+  // The filled slots summed in slot order (the first one copied, not added to zeros).
+  Buf<T> acc;
+  acc.alloc(L.total);
   at::parallel_for(0, L.total, 16384, [&](int64_t i0, int64_t i1) {
+    bool first = true;
     for (int64_t s = 0; s < slots.count; ++s) {
       if (!slots.used[s]) continue;
-      const T* a = slots.data.get() + s * L.total;
-      for (int64_t i = i0; i < i1; ++i) acc[i] += a[i];
+      const T* a = slots.data.data() + s * L.total;
+      if (first)
+        std::copy(a + i0, a + i1, acc.data() + i0);
+      else
+        for (int64_t i = i0; i < i1; ++i) acc[i] += a[i];
+      first = false;
     }
+    if (first) std::fill(acc.data() + i0, acc.data() + i1, T(0));
   });
   T* g2 = need2 ? gw2.data_ptr<T>() : nullptr;  // [r2][r1][3]
   T* g3 = need3 ? gw3.data_ptr<T>() : nullptr;  // [r3][r2][3]
-  // The transposed writes run in parallel over output rows (r = 176: 335 K values).
-  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(pb.r1, 1));
+  // The transposed writes, in tiles (r = 176: 335 K values).
   if (pb.parallel) {
     const int64_t r = pb.r1;
     // acc rows (t, ci), columns co: sum of gp[co] * o_shift[ci]; each tap carries 1/2.
-    at::parallel_for(0, r, grain, [&](int64_t c0, int64_t c1) {
-      for (int64_t co = c0; co < c1; ++co)
-        for (int64_t ci = 0; ci < r; ++ci) {
-          auto a = [&](int t) { return acc[(t * r + ci) * r + co] / 2; };
-          if (g2) {
-            T* d = g2 + (co * r + ci) * 3;
-            d[0] = a(0), d[1] = a(4), d[2] = a(1);
+    // Each tap transposed to [co][ci] first, then interleaved into [co][ci][3] in a row pass.
+    if (g2 || g3) {
+      Buf<T> u;
+      u.alloc(5 * r * r);
+      for (int t = 0; t < 5; ++t) transpose_matrix<T>(acc.data() + t * r * r, r, r, r, u.data() + t * r * r, r);
+      at::parallel_for(0, r, std::max<int64_t>(1, 2048 / std::max<int64_t>(r, 1)), [&](int64_t c0, int64_t c1) {
+        for (int64_t co = c0; co < c1; ++co)
+          for (int64_t ci = 0; ci < r; ++ci) {
+            auto a = [&](int t) { return u[(t * r + co) * r + ci] / 2; };
+            if (g2) {
+              T* d = g2 + (co * r + ci) * 3;
+              d[0] = a(0), d[1] = a(4), d[2] = a(1);
+            }
+            if (g3) {
+              T* d = g3 + (co * r + ci) * 3;
+              d[0] = a(2), d[1] = a(4), d[2] = a(3);
+            }
           }
-          if (g3) {
-            T* d = g3 + (co * r + ci) * 3;
-            d[0] = a(2), d[1] = a(4), d[2] = a(3);
-          }
-        }
-    });
+      });
+    }
   } else {
     if (g2)
-      for (int64_t b = 0; b < pb.r2; ++b)
-        for (int64_t a = 0; a < pb.r1; ++a)
-          for (int t = 0; t < 3; ++t) g2[(b * pb.r1 + a) * 3 + t] = acc[(t * pb.r1 + a) * pb.r2 + b];
+      tiled(pb.r2, pb.r1, [&](int64_t b, int64_t a) {
+        for (int t = 0; t < 3; ++t) g2[(b * pb.r1 + a) * 3 + t] = acc[(t * pb.r1 + a) * pb.r2 + b];
+      });
     if (g3)
-      for (int64_t c = 0; c < pb.r3; ++c)
-        for (int64_t b = 0; b < pb.r2; ++b)
-          for (int t = 0; t < 3; ++t) g3[(c * pb.r2 + b) * 3 + t] = acc[L.taps_a + (t * pb.r2 + b) * pb.r3 + c];
+      tiled(pb.r3, pb.r2, [&](int64_t c, int64_t b) {
+        for (int t = 0; t < 3; ++t) g3[(c * pb.r2 + b) * 3 + t] = acc[L.taps_a + (t * pb.r2 + b) * pb.r3 + c];
+      });
   }
   if (gw4 && need4) {
     T* g4 = gw4->data_ptr<T>();  // [cout][r3]
-    at::parallel_for(0, pb.cout, grain, [&](int64_t o0, int64_t o1) {
-      for (int64_t o = o0; o < o1; ++o)
-        for (int64_t c = 0; c < pb.r3; ++c) g4[o * pb.r3 + c] = acc[L.taps_a + L.taps_b + c * pb.cout + o];
-    });
+    transpose_matrix<T>(acc.data() + L.taps_a + L.taps_b, pb.r3, pb.cout, pb.cout, g4, pb.r3);
   }
   if (gg1) {
     T* g1 = gg1->data_ptr<T>();  // [r1][cin]
     const T* a = acc.data() + L.taps_a + L.taps_b + L.g4;
-    at::parallel_for(0, pb.r1, std::max<int64_t>(1, 4096 / std::max<int64_t>(pb.cin, 1)), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r)
-        for (int64_t c = 0; c < pb.cin; ++c) g1[r * pb.cin + c] = a[c * pb.r1 + r];
-    });
+    transpose_matrix<T>(a, pb.cin, pb.r1, pb.r1, g1, pb.cin);
   }
 }
 
