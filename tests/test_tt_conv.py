@@ -279,6 +279,27 @@ def test_tt_conv_matches_reference(cpu_isa, parallel, schedule, pool, cin, r, co
         close(a, b)
 
 
+@pytest.mark.parametrize("cin,r,density", [(64, 16, 0.01), (64, 16, 0.5), (37, 24, 0.02), (70, 40, 0.2),
+                                            (300, 176, 0.15), (40, 200, 0.3)], ids=str)
+def test_tt_conv_g1_paths(cpu_isa, cin, r, density):
+    # G1 from the bits by subset-sum tables (dense rows, rank <= 32), by a scan of the
+    # set bits over G1^T rows read in place (one to twelve vectors, tails masked), or by
+    # the packed spike GEMM (wider ranks): each matches the reference.
+    x = (torch.rand(4, cin, 5, 3) < density).float()
+    packed = snnops.pack_spikes(x, 1)
+    g1 = torch.randn(r, cin, 1, 1)
+    w2, w3, w4 = block_weights(r, 24, True)
+    schedule = [True, False]
+    y, idx, _ = torch.ops.snnops.tt_conv(packed, None, g1, w2, w3, w4, True, schedule, False)
+    ref, _ = reference.tt_conv(packed, x, g1, w2, w3, w4, True, schedule, False)
+    close(y, ref)
+    g = torch.randn_like(ref)
+    ours = torch.ops.snnops.tt_conv_bwd(g, packed, g1, w2, w3, w4, idx, True, schedule, False, [True] * 5)
+    want = reference.tt_conv_bwd(g, packed, g1, w2, w3, w4, idx, True, schedule, False, [True] * 5)
+    for a, b in zip(ours, want):
+        close(a, b)
+
+
 @pytest.mark.parametrize("parallel", [True, False])
 def test_tt_conv_strided_cores(cpu_isa, parallel):
     # Cores that are views with strides (the kernels copy them, keep the copies alive

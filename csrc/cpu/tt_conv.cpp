@@ -542,6 +542,53 @@ SNN_AVX512 void g1_table_rows_avx512(const float* tab, int64_t groups, const uin
 }
 #endif
 
+#if SNN_HAVE_AVX2
+// out[i][:r1] = sum of the G1^T rows (g1t, [cin][r1]) of row i's set bits, read in
+// place: NV vectors of accumulators (two sets, alternate spikes, when few vectors would
+// leave the adds waiting on each other). The packed spike GEMM it replaces here copied
+// its weight panel on every call, once per band: 360 KB per 48 pixels at r = 176.
+template <int NV>
+SNN_AVX512 void g1_scan_rows_avx512(const float* g1t, int64_t r1, const uint32_t* A, int64_t words, int64_t R,
+                                    float* out) {
+  constexpr int S = NV <= 4 ? 2 : 1;
+  const int64_t rem = r1 - 16 * (NV - 1);
+  const __mmask16 tail = rem >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << rem) - 1);
+  for (int64_t i = 0; i < R; ++i) {
+    __m512 acc[S][NV];
+    for (int k = 0; k < S; ++k)
+      for (int v = 0; v < NV; ++v) acc[k][v] = _mm512_setzero_ps();
+    int k = 0;
+    for (int64_t wd = 0; wd < words; ++wd) {
+      uint32_t m = A[i * words + wd];
+      while (m) {
+        const float* g = g1t + (wd * 32 + __builtin_ctz(m)) * r1;
+        m &= m - 1;
+        for (int v = 0; v < NV - 1; ++v) acc[k][v] = _mm512_add_ps(acc[k][v], _mm512_loadu_ps(g + 16 * v));
+        acc[k][NV - 1] = _mm512_add_ps(acc[k][NV - 1], _mm512_maskz_loadu_ps(tail, g + 16 * (NV - 1)));
+        if constexpr (S == 2) k ^= 1;
+      }
+    }
+    float* o = out + i * r1;
+    for (int v = 0; v < NV; ++v) {
+      const __m512 sum = S == 2 ? _mm512_add_ps(acc[0][v], acc[S - 1][v]) : acc[0][v];
+      if (v < NV - 1)
+        _mm512_storeu_ps(o + 16 * v, sum);
+      else
+        _mm512_mask_storeu_ps(o + 16 * v, tail, sum);
+    }
+  }
+}
+
+template <int NV = 1>
+SNN_AVX512 void g1_scan_any_avx512(int64_t nv, const float* g1t, int64_t r1, const uint32_t* A, int64_t words,
+                                   int64_t R, float* out) {
+  if constexpr (NV < 12) {
+    if (nv > NV) return g1_scan_any_avx512<NV + 1>(nv, g1t, r1, A, words, R, out);
+  }
+  g1_scan_rows_avx512<NV>(g1t, r1, A, words, R, out);
+}
+#endif
+
 template <typename T>
 void g1_from_bits(const Problem& pb, const Packed<T>& P, const uint32_t* A, int64_t R, T* out) {
 #if SNN_HAVE_AVX2
@@ -551,6 +598,10 @@ void g1_from_bits(const Problem& pb, const Packed<T>& P, const uint32_t* A, int6
         g1_table_rows_avx512<1>(P.g1_tab.data(), P.tab_groups, A, pb.words, R, pb.r1, out);
       else
         g1_table_rows_avx512<2>(P.g1_tab.data(), P.tab_groups, A, pb.words, R, pb.r1, out);
+      return;
+    }
+    if (tt::isa_level() >= 2 && pb.r1 <= 12 * 16 && pb.r1 > 0) {
+      g1_scan_any_avx512(ceil_div(pb.r1, 16), P.g1_t.data(), pb.r1, A, pb.words, R, out);
       return;
     }
   }
