@@ -39,6 +39,23 @@ def block_weights(r1, cout, parallel, dtype=torch.float32):
             torch.randn(cout, r3, 1, 1, dtype=dtype))
 
 
+def assert_tt_conv_matches(x, g1, w2, w3, w4, parallel, schedule, pool, float_in=False):
+    """tt_conv and tt_conv_bwd against the reference for spikes x (packed by the kernel
+    itself with float_in, which must then return the same words)."""
+    packed = snnops.pack_spikes(x, 1)
+    y, idx, words = torch.ops.snnops.tt_conv(None if float_in else packed, x if float_in else None, g1, w2, w3,
+                                             w4, parallel, schedule, pool)
+    ref, ref_idx = reference.tt_conv(packed, x, g1, w2, w3, w4, parallel, schedule, pool)
+    if float_in:
+        assert torch.equal(words, packed)
+    close(y, ref)
+    g = torch.randn_like(ref)
+    ours = torch.ops.snnops.tt_conv_bwd(g, packed, g1, w2, w3, w4, idx, parallel, schedule, pool, [True] * 5)
+    want = reference.tt_conv_bwd(g, packed, g1, w2, w3, w4, ref_idx, parallel, schedule, pool, [True] * 5)
+    for a, b in zip(ours, want):
+        close(a, b)
+
+
 # ----------------------------------------------------------------------- ptt_conv
 
 @pytest.mark.parametrize("r", [1, 3, 8, 17, 32, 96])
@@ -286,18 +303,7 @@ def test_tt_conv_g1_paths(cpu_isa, cin, r, density):
     # set bits over G1^T rows read in place (one to twelve vectors, tails masked), or by
     # the packed spike GEMM (wider ranks): each matches the reference.
     x = (torch.rand(4, cin, 5, 3) < density).float()
-    packed = snnops.pack_spikes(x, 1)
-    g1 = torch.randn(r, cin, 1, 1)
-    w2, w3, w4 = block_weights(r, 24, True)
-    schedule = [True, False]
-    y, idx, _ = torch.ops.snnops.tt_conv(packed, None, g1, w2, w3, w4, True, schedule, False)
-    ref, _ = reference.tt_conv(packed, x, g1, w2, w3, w4, True, schedule, False)
-    close(y, ref)
-    g = torch.randn_like(ref)
-    ours = torch.ops.snnops.tt_conv_bwd(g, packed, g1, w2, w3, w4, idx, True, schedule, False, [True] * 5)
-    want = reference.tt_conv_bwd(g, packed, g1, w2, w3, w4, idx, True, schedule, False, [True] * 5)
-    for a, b in zip(ours, want):
-        close(a, b)
+    assert_tt_conv_matches(x, torch.randn(r, cin, 1, 1), *block_weights(r, 24, True), True, [True, False], False)
 
 
 @pytest.mark.parametrize("parallel", [True, False])
@@ -393,19 +399,9 @@ def test_tt_conv_half_steps_in_bands(cpu_isa, threads, schedule, pool):
     # Images too large for one work unit are split into bands of rows: the half steps'
     # compact path handles its own rows only (no halo), packing float spikes in place.
     x = spikes(4, 64, 40, 40)
-    packed = snnops.pack_spikes(x, 1)
-    g1 = torch.randn(32, 64, 1, 1)
-    w2, w3, w4 = block_weights(32, 48, True)
     with num_threads(threads):
-        y, idx, words = torch.ops.snnops.tt_conv(None, x, g1, w2, w3, w4, True, schedule, pool)
-        ref, ref_idx = reference.tt_conv(packed, x, g1, w2, w3, w4, True, schedule, pool)
-        assert torch.equal(words, packed)
-        close(y, ref)
-        g = torch.randn_like(ref)
-        ours = torch.ops.snnops.tt_conv_bwd(g, packed, g1, w2, w3, w4, idx, True, schedule, pool, [True] * 5)
-        want = reference.tt_conv_bwd(g, packed, g1, w2, w3, w4, ref_idx, True, schedule, pool, [True] * 5)
-        for a, b in zip(ours, want):
-            close(a, b)
+        assert_tt_conv_matches(x, torch.randn(32, 64, 1, 1), *block_weights(32, 48, True), True, schedule, pool,
+                               float_in=True)
 
 
 @pytest.mark.parametrize("parallel,schedule,pool", BLOCK_CASES, ids=lambda v: str(v))
