@@ -457,7 +457,13 @@ void choose_bands(Problem& p, size_t elem) {
   p.group = 1;
   if (p.bands == 1 && p.H > 0) {
     const int64_t per_step = std::max<int64_t>(p.N / std::max<int64_t>(p.steps, 1), 1);
-    const int64_t budget = std::max<int64_t>(1, (int64_t)(1 << 20) / std::max<int64_t>(per_row * p.H, 1));
+    // Ranks of 128 and more: 4 MiB. Each unit adds its weight gradients into the
+    // thread's accumulators (r = 176: 1.3 MB of them), so larger units mean fewer of
+    // those passes: the 512->512 r = 176 4x4 layer (HTT, T*B = 64) took 0.89x the time
+    // forward+backward on two threads, 0.945x on one; its pooled 256->512 8x8 layer
+    // 0.98-0.99x.
+    const int64_t group_bytes = p.r1 >= 128 ? int64_t(4) << 20 : int64_t(1) << 20;
+    const int64_t budget = std::max<int64_t>(1, group_bytes / std::max<int64_t>(per_row * p.H, 1));
     const int64_t spread = std::max<int64_t>(1, p.N / want_units);
     p.group = std::max<int64_t>(1, std::min({budget, spread, per_step}));
   }
