@@ -98,11 +98,6 @@ struct Buf {
   const T& operator[](int64_t i) const { return p[i]; }
 };
 
-// dst[j * ldd + i] = src[i * lds + j] for i < rows, j < cols: 16 x 16 register
-// transposes where AVX-512 runs (float), scalar 16 x 16 tiles otherwise; in parallel
-// over row tiles. Weight packing and the weight gradients' unpacking are such
-// transposes; element by element they were about 30% of the r = 176 layers' fixed cost
-// per call (0.7 ms of a 3.3 ms forward+backward at batch 1, one thread).
 #if SNN_HAVE_AVX2
 // 16 full rows from src, as many whole 16-column blocks as there are; returns the
 // columns done.
@@ -113,6 +108,11 @@ SNN_AVX512 int64_t transpose_rows16_avx512(const float* src, int64_t cols, int64
 }
 #endif
 
+// dst[j * ldd + i] = src[i * lds + j] for i < rows, j < cols: 16 x 16 register
+// transposes where AVX-512 runs (float), scalar 16 x 16 tiles otherwise; in parallel
+// over row tiles. Weight packing and the weight gradients' unpacking are such
+// transposes; element by element they were about 30% of the r = 176 layers' fixed cost
+// per call (0.7 ms of a 3.3 ms forward+backward at batch 1, one thread).
 template <typename T>
 void transpose_matrix(const T* src, int64_t rows, int64_t cols, int64_t lds, T* dst, int64_t ldd) {
   constexpr int64_t k = 16;
@@ -137,10 +137,8 @@ void transpose_matrix(const T* src, int64_t rows, int64_t cols, int64_t lds, T* 
   });
 }
 
-// fn(i, j) over [0, rows) x [0, cols), in 16 x 16 tiles, in parallel over row tiles.
-// For the transposed copies of weights: a tile's strided side stays in L1 (row by row,
-// the strided writes missed on every element: packing and unpacking the r = 176
-// layers' weights was ~30% of their fixed cost per call).
+// fn(i, j) over [0, rows) x [0, cols), in 16 x 16 tiles, in parallel over row tiles:
+// the STT cores' three-tap transposed copies, whose strided side then stays in L1.
 template <typename F>
 void tiled(int64_t rows, int64_t cols, const F& fn) {
   constexpr int64_t k = 16;
