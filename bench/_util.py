@@ -33,7 +33,7 @@ def interleave(fns: dict, rounds=15, warmup=2, min_time=0.02, settle=0.0):
 
     ``settle``: seconds of untimed calls at the start of each turn (at least one call
     when above 0), so that a turn times the callable's steady state rather than its
-    first calls after a switch (see ../docs/benchmarks.md).
+    first calls after a switch (measured in ../docs/lif.md).
     """
     names = list(fns)
     for _ in range(warmup):
