@@ -440,6 +440,33 @@ def test_tt_conv_packed_only_and_masks():
                                                                                          False])[1])
 
 
+@pytest.mark.parametrize("layout", ["channels_last", "strided"])
+@pytest.mark.parametrize("schedule", [[], [True, False]], ids=str)
+@pytest.mark.parametrize("cin", [37, 64, 128], ids=str)
+def test_tt_conv_input_layouts(cpu_isa, layout, schedule, cin):
+    """Float spikes in any memory layout: channels-last ones are packed as they lie,
+    others copied; same output and packed words as from NCHW."""
+    x = spikes(4, cin, 6, 5)
+    g1 = torch.randn(8, cin, 1, 1)
+    w2, w3, w4 = block_weights(8, 12, True)
+    if layout == "channels_last":
+        xl = x.contiguous(memory_format=torch.channels_last)
+        assert not xl.is_contiguous()
+    else:  # every other column of a wider tensor
+        xl = torch.zeros(4, cin, 6, 10)
+        xl[..., ::2] = x
+        xl = xl[..., ::2]
+    y, _, words = torch.ops.snnops.tt_conv(None, x, g1, w2, w3, w4, True, schedule, False)
+    yl, _, words_l = torch.ops.snnops.tt_conv(None, xl, g1, w2, w3, w4, True, schedule, False)
+    assert torch.equal(words_l, words) and torch.equal(words, snnops.pack_spikes(x, 1))
+    assert torch.equal(yl, y)
+    # a non-binary value is reported at its [n, c, h, w] in any layout
+    bad = xl.clone(memory_format=torch.preserve_format)
+    bad[3, cin - 1, 5, 4] = 0.5
+    with pytest.raises(RuntimeError, match=rf"0/1 spikes; found 0.5 at \[3, {cin - 1}, 5, 4\]"):
+        torch.ops.snnops.tt_conv(None, bad, g1, w2, w3, w4, True, schedule, False)
+
+
 def test_tt_conv_bad_input():
     g1 = torch.randn(4, 8, 1, 1)
     w2, w3, w4 = block_weights(4, 6, True)

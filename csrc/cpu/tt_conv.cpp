@@ -406,6 +406,7 @@ struct Problem {
   // its rows of `bits` (the op's packed output, kept for backward).
   const uint32_t* bits = nullptr;
   const void* spikes = nullptr;
+  bool spikes_cl = false;  // the float spikes are channels-last (NHWC) instead
   int64_t words = 0, cin = 0;
   mutable std::atomic<int64_t>* bad_spike = nullptr;  // first non-binary value found
   int64_t steps = 1;  // timesteps of the schedule (1 without one)
@@ -622,14 +623,32 @@ void g1_from_bits(const Problem& pb, const Packed<T>& P, const uint32_t* A, int6
   }
 }
 
-// Pack image rows [lo, hi) of the float spikes (NCHW) into `out` ([pixels, words]).
-// A non-binary value is recorded in pb.bad_spike (its flat index in the spikes), and
-// false returned.
+// Pack image rows [lo, hi) of the float spikes (NCHW or NHWC) into `out` ([pixels,
+// words]). A non-binary value is recorded in pb.bad_spike (its flat index in NCHW
+// order), and false returned.
 template <typename T>
 bool pack_rows(const Problem& pb, int64_t n, int64_t lo, int64_t hi, uint32_t* out) {
-  const T* x = static_cast<const T*>(pb.spikes) + (n * pb.cin * pb.H + lo) * pb.W;
   const int64_t hw = pb.H * pb.W, count = (hi - lo) * pb.W;
   int64_t bad = -1;
+  if (pb.spikes_cl) {  // one row of channels per pixel
+    const T* x = static_cast<const T*>(pb.spikes) + (n * pb.H + lo) * pb.W * pb.cin;
+    const int isa = tt::isa_level();  // (reads the environment: once, not per pixel)
+    for (int64_t i = 0; i < count && bad < 0; ++i) {
+      int64_t k;
+#if SNN_HAVE_AVX2
+      if constexpr (std::is_same<T, float>::value) {
+        k = isa == 2   ? spike_pack::pack_row_f32_avx512(x + i * pb.cin, pb.cin, out + i * pb.words)
+            : isa == 1 ? spike_pack::pack_row_f32(x + i * pb.cin, pb.cin, out + i * pb.words)
+                       : spike_pack::pack_row<T>(x + i * pb.cin, pb.cin, out + i * pb.words);
+      } else
+#endif
+      {
+        k = spike_pack::pack_row<T>(x + i * pb.cin, pb.cin, out + i * pb.words);
+      }
+      if (k >= 0) bad = k * count + i;
+    }
+  } else {
+  const T* x = static_cast<const T*>(pb.spikes) + (n * pb.cin * pb.H + lo) * pb.W;
 #if SNN_HAVE_AVX2
   if constexpr (std::is_same<T, float>::value) {
     if (use_avx512())
@@ -641,6 +660,7 @@ bool pack_rows(const Problem& pb, int64_t n, int64_t lo, int64_t hi, uint32_t* o
 #endif
   {
     bad = spike_pack::pack_columns<T>(x, pb.cin, hw, count, out, pb.words);
+  }
   }
   if (bad < 0) return true;
   const int64_t c = bad / count, i = bad % count;  // channel, pixel within the rows
@@ -1626,7 +1646,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tt_conv_cpu(
   std::atomic<int64_t> bad{-1};
   Problem pb = conv_problem(cs, packed, g1, w2, w3, w4, parallel, pool, schedule);
   if (!has_packed) {
-    xc = x.contiguous();
+    // Spikes from a channels-last network are packed as they lie; any other layout is
+    // copied to NCHW first (into a cached block: no fresh pages to fault in).
+    pb.spikes_cl = !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+    xc = pb.spikes_cl ? x : cached_contiguous(x, x.scalar_type());
     pb.spikes = xc.data_ptr();
     pb.bad_spike = &bad;
   }
