@@ -410,6 +410,9 @@ struct Problem {
   int64_t words = 0, cin = 0;
   mutable std::atomic<int64_t>* bad_spike = nullptr;  // first non-binary value found
   int64_t steps = 1;  // timesteps of the schedule (1 without one)
+  // The kernel family (tt::isa_level()), read once per op call: it reads the
+  // environment, too slow for every band.
+  int isa = 0;
 
   // Groups of `group` consecutive images of one timestep (the last group of a step
   // may be smaller), dealt round-robin over the timesteps so that at::parallel_for's
@@ -438,6 +441,7 @@ struct Problem {
 // fewer rows (even, for the pool) when it does not, or when there are too few
 // images to keep every thread busy.
 void choose_bands(Problem& p, size_t elem) {
+  p.isa = tt::isa_level();
   const int64_t per_row = p.W * (2 * p.r1 + 2 * p.r2 + 2 * p.r3 + p.cout + p.cin) * (int64_t)elem * 2;
   int64_t rows = std::max<int64_t>(1, (int64_t)(1 << 20) / std::max<int64_t>(per_row, 1));
   const int64_t want_units = 4 * (int64_t)at::get_num_threads();
@@ -606,7 +610,7 @@ void g1_from_bits(const Problem& pb, const Packed<T>& P, const uint32_t* A, int6
         g1_table_rows_avx512<2>(P.g1_tab.data(), P.tab_groups, A, pb.words, R, pb.r1, out);
       return;
     }
-    if (tt::isa_level() >= 2 && pb.r1 <= 12 * 16 && pb.r1 > 0) {
+    if (pb.isa >= 2 && pb.r1 <= 12 * 16 && pb.r1 > 0) {
       g1_scan_any_avx512(ceil_div(pb.r1, 16), P.g1_t.data(), pb.r1, A, pb.words, R, out);
       return;
     }
@@ -632,7 +636,7 @@ bool pack_rows(const Problem& pb, int64_t n, int64_t lo, int64_t hi, uint32_t* o
   int64_t bad = -1;
   if (pb.spikes_cl) {  // one row of channels per pixel
     const T* x = static_cast<const T*>(pb.spikes) + (n * pb.H + lo) * pb.W * pb.cin;
-    const int isa = tt::isa_level();  // (reads the environment: once, not per pixel)
+    const int isa = pb.isa;
     for (int64_t i = 0; i < count && bad < 0; ++i) {
       int64_t k;
 #if SNN_HAVE_AVX2
@@ -651,9 +655,9 @@ bool pack_rows(const Problem& pb, int64_t n, int64_t lo, int64_t hi, uint32_t* o
   const T* x = static_cast<const T*>(pb.spikes) + (n * pb.cin * pb.H + lo) * pb.W;
 #if SNN_HAVE_AVX2
   if constexpr (std::is_same<T, float>::value) {
-    if (use_avx512())
+    if (pb.isa == 2)
       bad = spike_pack::pack_columns_f32_avx512(x, pb.cin, hw, count, out, pb.words);
-    else if (use_avx2())
+    else if (pb.isa == 1)
       bad = spike_pack::pack_columns_f32(x, pb.cin, hw, count, out, pb.words);
     else bad = spike_pack::pack_columns<T>(x, pb.cin, hw, count, out, pb.words);
   } else
@@ -811,7 +815,7 @@ SNN_AVX512 int64_t pool_pixel_avx512(const float* const* q, int64_t C, float* ou
 template <typename T>
 void pool_band(const Problem& pb, const Band& b, const T* ytile, T* out, uint8_t* idx, int64_t n0) {
   const int64_t Hp = pb.H / 2, Wp = pb.W / 2, C = pb.cout;
-  const bool vec = tt::isa_level() >= 2;
+  const bool vec = pb.isa >= 2;
   (void)vec;
   for (int64_t j = 0; j < b.g; ++j, ytile += b.rows() * pb.W * C) {
   const int64_t n = n0 + j;
@@ -846,7 +850,7 @@ void pool_band(const Problem& pb, const Band& b, const T* ytile, T* out, uint8_t
 
 template <typename T>
 void block_forward(const Problem& pb, const Packed<T>& P, const View4<const T>& o, T* out, uint8_t* idx) {
-  const int isa = tt::isa_level();
+  const int isa = pb.isa;
   at::parallel_for(0, pb.units(), 1, [&](int64_t u0, int64_t u1) {
     FwdScratch<T> s;
     std::vector<T*> rows, yrow;
@@ -989,8 +993,8 @@ template <typename T>
 void g1_grad_scatter(const Problem& pb, const uint32_t* A, int64_t R, const T* go, T* acc) {
 #if SNN_HAVE_AVX2
   if constexpr (std::is_same<T, float>::value) {
-    if (use_avx512()) return g1_scatter_avx512(pb, A, R, go, acc);
-    if (use_avx2()) return g1_scatter_avx2(pb, A, R, go, acc);
+    if (pb.isa == 2) return g1_scatter_avx512(pb, A, R, go, acc);
+    if (pb.isa == 1) return g1_scatter_avx2(pb, A, R, go, acc);
   }
 #endif
   const int64_t r = pb.r1;
@@ -1137,7 +1141,7 @@ void unpool_pixel(int isa, const T* g, int64_t sc, const uint8_t* code, int64_t 
 template <typename T>
 void block_backward(const Problem& pb, const Packed<T>& P, const View4<const T>& gy_in, const uint8_t* idx,
                     const View4<const T>& o, const Grads<T>& need, T* go_out, T* gx_out, GradSlots<T>& acc_all) {
-  const int isa = tt::isa_level();
+  const int isa = pb.isa;
   const AccLayout L = acc_layout(pb);
   const int64_t slots = std::max<int64_t>(1, at::get_num_threads());
   acc_all.reset(L.total, slots);
