@@ -19,7 +19,8 @@ Ops:
       ``[N, Cin, H, W]``: with ``packed`` given it is never read (it receives the
       gradient); without, the kernel packs it band by band while it is in cache (a
       value other than 0/1 raises) and returns the words as ``packed_out`` (empty when
-      ``packed`` was given), the one activation the backward needs.
+      ``packed`` was given), the one activation the backward needs. NCHW and
+      channels-last spikes are packed where they lie; other layouts are copied first.
   tt_conv_bwd(grad_y, packed, g1, w2, w3, w4, pool_index, parallel, schedule, pool,
       output_mask) -> (grad_x, grad_g1, grad_w2, grad_w3, grad_w4); o is recomputed from
       the bits, so the packed spikes (1 bit each) are the only activation kept.
