@@ -568,10 +568,14 @@ SNN_AVX512 void g1_scan_rows_avx512(const float* g1t, int64_t r1, const uint32_t
     for (int k = 0; k < S; ++k)
       for (int v = 0; v < NV; ++v) acc[k][v] = _mm512_setzero_ps();
     int k = 0;
-    for (int64_t wd = 0; wd < words; ++wd) {
-      uint32_t m = A[i * words + wd];
+    // Two words per walk, as in the dG1 scatter (HTT layers 256->256 r = 176 8x8 and
+    // 512->512 r = 176 4x4, forward+backward: 0.96-0.98x the time of one word).
+    const uint32_t* row = A + i * words;
+    for (int64_t wd = 0; wd < words; wd += 2) {
+      uint64_t m = row[wd];
+      if (wd + 1 < words) m |= (uint64_t)row[wd + 1] << 32;
       while (m) {
-        const float* g = g1t + (wd * 32 + __builtin_ctz(m)) * r1;
+        const float* g = g1t + (wd * 32 + __builtin_ctzll(m)) * r1;
         m &= m - 1;
         for (int v = 0; v < NV - 1; ++v) acc[k][v] = _mm512_add_ps(acc[k][v], _mm512_loadu_ps(g + 16 * v));
         acc[k][NV - 1] = _mm512_add_ps(acc[k][NV - 1], _mm512_maskz_loadu_ps(tail, g + 16 * (NV - 1)));
