@@ -349,6 +349,23 @@ template <bool UNIT>
 SNN_AVX512 inline void gemm_width_avx512(int64_t M, int64_t N, int64_t K, const float* const* arow, int64_t ask,
                                          const int64_t* toff, int ntaps, const float* B, int64_t ldb,
                                          float* const* crow, bool acc) {
+  // A B that fits L1 whole (G4 and the spikes' gradient at r <= 48 for 128 channels):
+  // rows outside, so each row tile writes its C rows whole, in address order, rather than
+  // 64 columns of every row per pass. Those C rows go to memory; the 128->128 r = 32
+  // layer's forward+backward, PTT and HTT, took 0.96-0.98x the time (one and two
+  // threads). With 32 KiB panels (r = 64) it measured no faster, so L1-sized ones only.
+  if (N > 64 && N % 64 == 0 && (int64_t)ntaps * K * N * 4 <= 24 * 1024) {
+    constexpr int MR = mr_for(4, UNIT);
+    int64_t i0 = 0;
+    for (; i0 + MR <= M; i0 += MR)
+      for (int64_t j0 = 0; j0 < N; j0 += 64)
+        tile_avx512<MR, 4, false, UNIT>(K, arow + i0, ask, toff, ntaps, B, ldb, crow + i0, j0, 0xFFFF, acc);
+    if (i0 < M)
+      for (int64_t j0 = 0; j0 < N; j0 += 64)
+        tile_rows_avx512<MR, 4, UNIT>(M - i0, false, K, arow + i0, ask, toff, ntaps, B, ldb, crow + i0, j0, 0xFFFF,
+                                      acc);
+    return;
+  }
   if (N > 48)
     columns_avx512<4, UNIT>(M, N, K, arow, ask, toff, ntaps, B, ldb, crow, acc);
   else if (N > 32)
