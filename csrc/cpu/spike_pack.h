@@ -233,7 +233,8 @@ SNN_AVX512 static inline int64_t pack_row_f32_avx512(const float* x, int64_t K, 
   for (int64_t w = 0; w < full; ++w) {
     const __m512 v0 = _mm512_loadu_ps(x + w * kWordBits), v1 = _mm512_loadu_ps(x + w * kWordBits + 16);
     const __mmask16 e0 = _mm512_cmp_ps_mask(v0, one, _CMP_EQ_OQ), e1 = _mm512_cmp_ps_mask(v1, one, _CMP_EQ_OQ);
-    ok &= (__mmask16)((e0 | _mm512_cmp_ps_mask(v0, zero, _CMP_EQ_OQ)) & (e1 | _mm512_cmp_ps_mask(v1, zero, _CMP_EQ_OQ)));
+    ok &= (__mmask16)((e0 | _mm512_cmp_ps_mask(v0, zero, _CMP_EQ_OQ)) &
+                      (e1 | _mm512_cmp_ps_mask(v1, zero, _CMP_EQ_OQ)));
     words[w] = (uint32_t)e0 | ((uint32_t)e1 << 16);
   }
   if (ok != 0xFFFF) return pack_row<float>(x, full * kWordBits, words);  // find the bad value

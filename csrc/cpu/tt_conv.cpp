@@ -731,15 +731,22 @@ bool g1_band_compact(const Problem& pb, const Packed<T>& P, const Band& b, int64
 }
 
 // gemm_rows (one tap, ask 1) whose A rows are read in place from a tensor that is not
-// in cache, the incoming gradient of tt_conv's backward: in chunks of 16 rows, each
-// chunk's rows prefetched while the chunk before it is computed. A G4^T tile of 8 rows
+// in cache, the incoming gradient of tt_conv's backward (G4^T). A tile of 8 rows
 // otherwise waits on each new line of its rows (the hardware prefetcher does not follow
-// 8 streams of 8 lines). The 128->128 r = 32 layer's forward+backward, PTT and HTT
-// (chunks of 16 rows against none, interleaved): 0.96-0.97x the time on one thread,
-// 0.98x on two; chunks of 8 and 32 measured no better.
+// 8 streams of 8 lines). For 17..32 columns (AVX-512) each tile prefetches the next
+// tile's rows a line every other k step; otherwise chunks of 16 rows, each prefetched
+// whole while the chunk before it is computed. The 128->128 r = 32 layer's forward +
+// backward, PTT and HTT, interleaved: chunks against no prefetch 0.96-0.97x the time on
+// one thread, 0.98x on two (8 and 32 rows no better); in-tile against chunks 0.97x on
+// one thread, 0.94-0.96x on two.
 template <typename T>
 void gemm_rows_streamed(int isa, int64_t M, int64_t N, int64_t K, T* const* arow, T* const* crow, const T* B,
                         int64_t ldb) {
+#if SNN_HAVE_AVX2
+  if constexpr (std::is_same<T, float>::value) {
+    if (isa >= 2 && tt::gemm_rows_streamed_avx512(M, N, K, arow, B, ldb, crow)) return;
+  }
+#endif
   constexpr int64_t chunk = 16;
   const int64_t row_bytes = K * (int64_t)sizeof(T);
   auto prefetch = [&](int64_t i0, int64_t i1) {

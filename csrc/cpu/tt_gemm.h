@@ -168,10 +168,13 @@ SNN_AVX2 inline void gemm_rows_avx2(int64_t M, int64_t N, int64_t K, const float
 // costs one general register for its pointer, and 8 rows is what the 16 general
 // registers hold beside the loop's own. Rows one element apart (weight gradients)
 // need a single pointer: 12 x 2 and 12 x 1 (two k steps) there, 24 accumulators.
+//
+// pf (8-row tiles, one tap, ask 1): the next tile's rows, prefetched a line every other
+// k step (8 rows x K/16 lines over K steps) while this tile computes.
 template <int MR, int NV, bool MASKED, bool UNIT>
 SNN_AVX512 inline void tile_avx512(int64_t K, const float* const* arow, int64_t ask, const int64_t* toff,
                                    int ntaps, const float* B, int64_t ldb, float* const* crow, int64_t j,
-                                   __mmask16 mask, bool accumulate) {
+                                   __mmask16 mask, bool accumulate, const float* const* pf = nullptr) {
   __m512 c[MR][NV];
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < NV; ++v) c[i][v] = _mm512_setzero_ps();
@@ -200,6 +203,10 @@ SNN_AVX512 inline void tile_avx512(int64_t K, const float* const* arow, int64_t 
         for (int i = 0; i < MR; ++i) c[i][0] = _mm512_add_ps(c[i][0], d[i]);
       }
       for (; k < K; ++k, b += ldb) {
+        if constexpr (MR == 8 && !UNIT) {
+          if (pf != nullptr && (k & 1) == 0)
+            _mm_prefetch(reinterpret_cast<const char*>(pf[(k >> 1) & 7] + ((k >> 4) << 4)), _MM_HINT_T0);
+        }
         __m512 bv[NV];
         for (int v = 0; v < NV; ++v)
           bv[v] = (MASKED && v == NV - 1) ? _mm512_maskz_loadu_ps(mask, b + 16 * v) : _mm512_loadu_ps(b + 16 * v);
@@ -388,6 +395,31 @@ SNN_AVX512 inline void gemm_rows_avx512(int64_t M, int64_t N, int64_t K, const f
     gemm_width_avx512<false>(M, N, K, arow, ask, toff, ntaps, B, ldb, crow, accumulate);
 }
 #endif  // SNN_HAVE_AVX2
+
+#if SNN_HAVE_AVX2
+// C = A B for N in 17..32 (8 x 2 tiles), one tap, A rows read in place from memory
+// that is not in cache: each tile prefetches the next tile's rows as it computes.
+// Returns false (nothing done) for other widths.
+SNN_AVX512 inline bool gemm_rows_streamed_avx512(int64_t M, int64_t N, int64_t K, const float* const* arow,
+                                                 const float* B, int64_t ldb, float* const* crow) {
+  if (N <= 16 || N > 32 || K > 8192) return false;
+  static const int64_t zero_tap[1] = {0};
+  const int64_t rem = N % 16;
+  const __mmask16 mask = rem ? (__mmask16)((1u << rem) - 1) : (__mmask16)0xFFFF;
+  int64_t i0 = 0;
+  for (; i0 + 8 <= M; i0 += 8) {
+    const float* const* pf = i0 + 16 <= M ? arow + i0 + 8 : nullptr;
+    if (rem)
+      tile_avx512<8, 2, true, false>(K, arow + i0, 1, zero_tap, 1, B, ldb, crow + i0, 0, mask, false, pf);
+    else
+      tile_avx512<8, 2, false, false>(K, arow + i0, 1, zero_tap, 1, B, ldb, crow + i0, 0, mask, false, pf);
+  }
+  if (i0 < M)
+    tile_rows_avx512<8, 2, false>(M - i0, rem != 0, K, arow + i0, 1, zero_tap, 1, B, ldb, crow + i0, 0, mask,
+                                  false);
+  return true;
+}
+#endif
 
 // isa: 2 = AVX-512, 1 = AVX2, 0 = portable (see isa_level()).
 template <typename T>
