@@ -335,15 +335,18 @@ def test_tt_conv_strided_cores(cpu_isa, parallel):
 
 @pytest.mark.parametrize("pool", [False, True])
 @pytest.mark.parametrize("hw", [(6, 37), (7, 33)], ids=str)
-def test_tt_conv_bwd_gradient_layouts(cpu_isa, pool, hw):
+@pytest.mark.parametrize("r", [8, 24, 32], ids=str)
+def test_tt_conv_bwd_gradient_layouts(cpu_isa, pool, hw, r):
     # Gradients in NCHW planes are turned into channels-last rows by 16x16 / 8x8 blocks
     # (rows of 37 or 33 pixels and 40 channels leave partial blocks on both sides); pooled
     # gradients go back to their window (an odd height leaves a row outside every window).
+    # Channels-last ones are read in place (ranks 17..32: G4^T tiles that prefetch the
+    # next tile's rows; 24 leaves a partial vector).
     n = 4
     x = spikes(n, 20, *hw)
     packed = snnops.pack_spikes(x, 1)
-    g1 = torch.randn(8, 20, 1, 1)
-    w2, w3, w4 = block_weights(8, 40, True)
+    g1 = torch.randn(r, 20, 1, 1)
+    w2, w3, w4 = block_weights(r, 40, True)
     schedule = [True, False, True, False]
     y, idx, _ = torch.ops.snnops.tt_conv(packed, None, g1, w2, w3, w4, True, schedule, pool)
     ref, ref_idx = reference.tt_conv(packed, x, g1, w2, w3, w4, True, schedule, pool)

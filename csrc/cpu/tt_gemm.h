@@ -402,7 +402,7 @@ SNN_AVX512 inline void gemm_rows_avx512(int64_t M, int64_t N, int64_t K, const f
 // Returns false (nothing done) for other widths.
 SNN_AVX512 inline bool gemm_rows_streamed_avx512(int64_t M, int64_t N, int64_t K, const float* const* arow,
                                                  const float* B, int64_t ldb, float* const* crow) {
-  if (N <= 16 || N > 32 || K > 8192) return false;
+  if (N <= 16 || N > 32 || K > 4096) return false;  // (longer B panels are cut in chunks)
   static const int64_t zero_tap[1] = {0};
   const int64_t rem = N % 16;
   const __mmask16 mask = rem ? (__mmask16)((1u << rem) - 1) : (__mmask16)0xFFFF;
