@@ -737,7 +737,7 @@ bool g1_band_compact(const Problem& pb, const Packed<T>& P, const Band& b, int64
 // tile's rows a line every other k step; otherwise chunks of 16 rows, each prefetched
 // whole while the chunk before it is computed. The 128->128 r = 32 layer's forward +
 // backward, PTT and HTT, interleaved: chunks against no prefetch 0.96-0.97x the time on
-// one thread, 0.98x on two (8 and 32 rows no better); in-tile against chunks 0.97x on
+// one thread, 0.96-1.00x on two (8 and 32 rows no better); in-tile against chunks 0.97x on
 // one thread, 0.94-0.96x on two.
 template <typename T>
 void gemm_rows_streamed(int isa, int64_t M, int64_t N, int64_t K, T* const* arow, T* const* crow, const T* B,
