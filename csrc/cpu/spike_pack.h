@@ -225,26 +225,6 @@ SNN_AVX512 static inline int64_t pack_columns_f32_avx512(const float* x, int64_t
   return -1;
 }
 
-// pack_row_f32 with the comparisons landing in mask registers: one word from two loads.
-SNN_AVX512 static inline int64_t pack_row_f32_avx512(const float* x, int64_t K, uint32_t* words) {
-  const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
-  const int64_t full = K / kWordBits;
-  __mmask16 ok = 0xFFFF;
-  for (int64_t w = 0; w < full; ++w) {
-    const __m512 v0 = _mm512_loadu_ps(x + w * kWordBits), v1 = _mm512_loadu_ps(x + w * kWordBits + 16);
-    const __mmask16 e0 = _mm512_cmp_ps_mask(v0, one, _CMP_EQ_OQ), e1 = _mm512_cmp_ps_mask(v1, one, _CMP_EQ_OQ);
-    ok &= (__mmask16)((e0 | _mm512_cmp_ps_mask(v0, zero, _CMP_EQ_OQ)) &
-                      (e1 | _mm512_cmp_ps_mask(v1, zero, _CMP_EQ_OQ)));
-    words[w] = (uint32_t)e0 | ((uint32_t)e1 << 16);
-  }
-  if (ok != 0xFFFF) return pack_row<float>(x, full * kWordBits, words);  // find the bad value
-  if (full * kWordBits < K) {
-    const int64_t r = pack_row<float>(x + full * kWordBits, K - full * kWordBits, words + full);
-    if (r >= 0) return full * kWordBits + r;
-  }
-  return -1;
-}
-
 SNN_AVX2 static inline void unpack_row_f32(const uint32_t* words, int64_t K, float* x) {
   const __m256 one = _mm256_set1_ps(1.0f);
   const int64_t full = K / 8;

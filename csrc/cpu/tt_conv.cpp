@@ -509,8 +509,9 @@ void g1_bits_generic(const Problem& pb, const T* g1_t, const uint32_t* A, int64_
 // r 16, 32x32: 2.68 -> 1.70 ms; Cin 128, r 16, 16x16: 1.26 -> 0.93; Cin 128, r 32:
 // 3.19 -> 2.75; density 0.02: about equal.)
 inline bool use_table(const uint32_t* A, int64_t words, int64_t R, int64_t loads_per_row) {
-  // (the hardware popcount: the portable one calls libgcc's, 1.2% of a half-step layer)
-  const int64_t spikes = spike_kernels::popcount_words(A, R * words, spike_kernels::bits_avx2());
+  // The hardware popcount (the portable one calls libgcc's: 1.2% of a half-step layer).
+  // Tables are only built for the AVX-512 kernels, on CPUs that all have POPCNT and BMI.
+  const int64_t spikes = spike_kernels::popcount_words(A, R * words, true);
   return 38 * loads_per_row * R <= 1500 * R + 94 * spikes;
 }
 
@@ -640,19 +641,12 @@ bool pack_rows(const Problem& pb, int64_t n, int64_t lo, int64_t hi, uint32_t* o
   int64_t bad = -1;
   if (pb.spikes_cl) {  // one row of channels per pixel
     const T* x = static_cast<const T*>(pb.spikes) + (n * pb.H + lo) * pb.W * pb.cin;
-    const int isa = pb.isa;
     for (int64_t i = 0; i < count && bad < 0; ++i) {
       int64_t k;
-#if SNN_HAVE_AVX2
-      if constexpr (std::is_same<T, float>::value) {
-        k = isa == 2   ? spike_pack::pack_row_f32_avx512(x + i * pb.cin, pb.cin, out + i * pb.words)
-            : isa == 1 ? spike_pack::pack_row_f32(x + i * pb.cin, pb.cin, out + i * pb.words)
-                       : spike_pack::pack_row<T>(x + i * pb.cin, pb.cin, out + i * pb.words);
-      } else
-#endif
-      {
+      if constexpr (std::is_same<T, float>::value)
+        k = spike_kernels::pack_row(x + i * pb.cin, pb.cin, out + i * pb.words, pb.isa >= 1);
+      else
         k = spike_pack::pack_row<T>(x + i * pb.cin, pb.cin, out + i * pb.words);
-      }
       if (k >= 0) bad = k * count + i;
     }
   } else {
@@ -738,7 +732,8 @@ bool g1_band_compact(const Problem& pb, const Packed<T>& P, const Band& b, int64
 // whole while the chunk before it is computed. The 128->128 r = 32 layer's forward +
 // backward, PTT and HTT, interleaved: chunks against no prefetch 0.96-0.97x the time on
 // one thread, 0.96-1.00x on two (8 and 32 rows no better); in-tile against chunks 0.97x on
-// one thread, 0.94-0.96x on two.
+// one thread, 0.94-0.96x on two. Where the chunks remain, none instead took 1.03x the
+// time at r = 16 and 1.01x at r = 64 (two threads).
 template <typename T>
 void gemm_rows_streamed(int isa, int64_t M, int64_t N, int64_t K, T* const* arow, T* const* crow, const T* B,
                         int64_t ldb) {
