@@ -52,9 +52,11 @@ def compare(x, v, dtype=torch.float32, **kw):
 @pytest.mark.parametrize("v_reset", RESETS, ids=["hard0", "hard-0.2", "soft"])
 @pytest.mark.parametrize("detach_reset", [True, False], ids=["detached", "attached"])
 @pytest.mark.parametrize("surrogate", SURROGATES)
-def test_grid_against_reference(cpu_isa, surrogate, detach_reset, v_reset, form):
+@pytest.mark.parametrize("steps", [3, 5])
+def test_grid_against_reference(cpu_isa, steps, surrogate, detach_reset, v_reset, form):
     # 67 neurons per step: a full AVX2 block plus a 3-lane tail and a partial bit word.
-    x = torch.randn(5, 3, 67) * 0.8
+    # T = 3 runs the AVX2 and AVX-512 register walks, T = 5 the AVX-512 one and AVX2's blocks.
+    x = torch.randn(steps, 3, 67) * 0.8
     v0 = torch.randn(3, 67) * 0.3
     kw = dict(v_threshold=0.5, v_reset=v_reset, detach_reset=detach_reset, surrogate=surrogate, **form)
     compare(x, v0, **kw)
