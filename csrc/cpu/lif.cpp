@@ -89,6 +89,16 @@ inline uint8_t* plane_row(uint8_t* saved, int64_t plane, int64_t t, int64_t step
 }
 inline bool get_bit(const uint8_t* row, int64_t n) { return (row[n >> 3] >> (n & 7)) & 1; }
 
+// f(std::integral_constant<int, steps>()) for 1 <= steps <= Max: the register walks are
+// compiled for each short sequence length.
+template <int Max, int S = 1, typename F>
+inline void with_steps(int64_t steps, const F& f) {
+  if constexpr (S < Max) {
+    if (steps > S) return with_steps<Max, S + 1>(steps, f);
+  }
+  f(std::integral_constant<int, S>());
+}
+
 // ---------------------------------------------------------------- forward, portable
 template <typename T>
 inline void fwd_lanes(const LifParams& p, const T* xt, T* st, T* vt_out, T* v, int64_t i0,
@@ -587,28 +597,6 @@ SNN_AVX2 void bwd_recompute_regs_avx2(const LifParams& p, const float* x, const 
   if (i < n1) bwd_recompute_generic<float>(p, x, v0, g_spk, g_vlast, g_mem, gx, gv0, S, N, i, n1);
 }
 
-// Dispatch on T (1..kRegisterStepsAvx2) to the walks above.
-template <int S = 1>
-SNN_AVX2 void fwd_short_avx2(int64_t steps, const LifParams& p, const float* x, const float* v0, float* spk,
-                             float* v_last, float* membrane, uint8_t* saved, uint8_t* flat, int64_t N, int64_t n0,
-                             int64_t n1) {
-  if constexpr (S < kRegisterStepsAvx2) {
-    if (steps > S) return fwd_short_avx2<S + 1>(steps, p, x, v0, spk, v_last, membrane, saved, flat, N, n0, n1);
-  }
-  fwd_regs_avx2<S>(p, x, v0, spk, v_last, membrane, saved, flat, N, n0, n1);
-}
-
-template <int S = 1>
-SNN_AVX2 void bwd_recompute_short_avx2(int64_t steps, const LifParams& p, const float* x, const float* v0,
-                                       const float* g_spk, const float* g_vlast, const float* g_mem, float* gx,
-                                       float* gv0, int64_t N, int64_t n0, int64_t n1) {
-  if constexpr (S < kRegisterStepsAvx2) {
-    if (steps > S)
-      return bwd_recompute_short_avx2<S + 1>(steps, p, x, v0, g_spk, g_vlast, g_mem, gx, gv0, N, n0, n1);
-  }
-  bwd_recompute_regs_avx2<S>(p, x, v0, g_spk, g_vlast, g_mem, gx, gv0, N, n0, n1);
-}
-
 // ---------------------------------------------------------------- AVX-512 (float32)
 // The same blocked walks 16 neurons per vector, with the comparisons landing in mask
 // registers that are stored as the saved bits directly (no movemask / bit shuffles):
@@ -696,16 +684,6 @@ SNN_AVX512 void fwd_regs_avx512(const LifParams& p, const float* x, const float*
   if (i < n1) fwd_generic<float>(p, x, v0, spk, v_last, membrane, saved, flat, S, N, i, n1);
 }
 
-template <int S = 1>
-SNN_AVX512 void fwd_short_avx512(int64_t steps, const LifParams& p, const float* x, const float* v0, float* spk,
-                                 float* v_last, float* membrane, uint8_t* saved, uint8_t* flat, int64_t N,
-                                 int64_t n0, int64_t n1) {
-  if constexpr (S < kRegisterSteps) {
-    if (steps > S) return fwd_short_avx512<S + 1>(steps, p, x, v0, spk, v_last, membrane, saved, flat, N, n0, n1);
-  }
-  fwd_regs_avx512<S>(p, x, v0, spk, v_last, membrane, saved, flat, N, n0, n1);
-}
-
 SNN_AVX512 void bwd_bits_avx512(const LifParams& p, const float* g_spk, const float* g_vlast, const float* g_mem,
                                 const uint8_t* saved, float* gx, float* gv0, int64_t steps, int64_t N, int64_t n0,
                                 int64_t n1) {
@@ -788,17 +766,6 @@ SNN_AVX512 void bwd_recompute_regs_avx512(const LifParams& p, const float* x, co
     if (gv0) _mm512_storeu_ps(gv0 + i, g);
   }
   if (i < n1) bwd_recompute_generic<float>(p, x, v0, g_spk, g_vlast, g_mem, gx, gv0, S, N, i, n1);
-}
-
-template <int S = 1>
-SNN_AVX512 void bwd_recompute_short_avx512(int64_t steps, const LifParams& p, const float* x, const float* v0,
-                                           const float* g_spk, const float* g_vlast, const float* g_mem, float* gx,
-                                           float* gv0, int64_t N, int64_t n0, int64_t n1) {
-  if constexpr (S < kRegisterSteps) {
-    if (steps > S)
-      return bwd_recompute_short_avx512<S + 1>(steps, p, x, v0, g_spk, g_vlast, g_mem, gx, gv0, N, n0, n1);
-  }
-  bwd_recompute_regs_avx512<S>(p, x, v0, g_spk, g_vlast, g_mem, gx, gv0, N, n0, n1);
 }
 
 // Neurons per run of the AVX-512 rebuild of h. At lif-T16 the block's h history is 32 KiB
@@ -1014,13 +981,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_fwd_c
 #if SNN_HAVE_AVX2
       if (avx512) {
         if (steps <= kRegisterSteps)
-          fwd_short_avx512(steps, p, xp, vp, sp, vl, mp, bp, fp, N, n0, n1);
+          with_steps<kRegisterSteps>(steps, [&](auto S) {
+            fwd_regs_avx512<S()>(p, xp, vp, sp, vl, mp, bp, fp, N, n0, n1);
+          });
         else fwd_avx512(p, xp, vp, sp, vl, mp, bp, fp, steps, N, n0, n1);
         return;
       }
       if (avx2) {
         if (steps <= kRegisterStepsAvx2)
-          fwd_short_avx2(steps, p, xp, vp, sp, vl, mp, bp, fp, N, n0, n1);
+          with_steps<kRegisterStepsAvx2>(steps, [&](auto S) {
+            fwd_regs_avx2<S()>(p, xp, vp, sp, vl, mp, bp, fp, N, n0, n1);
+          });
         else fwd_avx2(p, xp, vp, sp, vl, mp, bp, fp, steps, N, n0, n1);
         return;
       }
@@ -1110,7 +1081,9 @@ std::tuple<at::Tensor, at::Tensor> lif_bwd_cpu(
       if (avx512) {
         if (bits) bwd_bits_avx512(p, gsp, gvp, gmp, bp, gxp, g0p, steps, N, n0, n1);
         else if (steps <= kRegisterSteps)
-          bwd_recompute_short_avx512(steps, p, xp, vp, gsp, gvp, gmp, gxp, g0p, N, n0, n1);
+          with_steps<kRegisterSteps>(steps, [&](auto S) {
+            bwd_recompute_regs_avx512<S()>(p, xp, vp, gsp, gvp, gmp, gxp, g0p, N, n0, n1);
+          });
         else bwd_recompute_avx512(p, xp, vp, gsp, gvp, gmp, gxp, g0p, steps, N, n0, n1);
         return;
       }
@@ -1119,7 +1092,9 @@ std::tuple<at::Tensor, at::Tensor> lif_bwd_cpu(
           bwd_bits_avx2(p, gsp, gvp, gmp, bp, gxp, g0p, steps, N, n0, n1);
         } else {
           if (steps <= kRegisterStepsAvx2)
-            bwd_recompute_short_avx2(steps, p, xp, vp, gsp, gvp, gmp, gxp, g0p, N, n0, n1);
+            with_steps<kRegisterStepsAvx2>(steps, [&](auto S) {
+              bwd_recompute_regs_avx2<S()>(p, xp, vp, gsp, gvp, gmp, gxp, g0p, N, n0, n1);
+            });
           else bwd_recompute_avx2(p, xp, vp, gsp, gvp, gmp, gxp, g0p, steps, N, n0, n1);
         }
         return;
