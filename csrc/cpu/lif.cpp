@@ -740,7 +740,8 @@ SNN_AVX512 void bwd_recompute_regs_avx512(const LifParams& p, const float* x, co
     __m512 v = v0 ? _mm512_loadu_ps(v0 + i) : _mm512_setzero_ps();
     __m512 h[S];
     for (int t = 0; t < S; ++t) {
-      h[t] = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(v, q.lam), _mm512_mul_ps(_mm512_loadu_ps(x + t * N + i), q.c)), q.b);
+      h[t] = _mm512_add_ps(
+          _mm512_add_ps(_mm512_mul_ps(v, q.lam), _mm512_mul_ps(_mm512_loadu_ps(x + t * N + i), q.c)), q.b);
       const __mmask16 m = _mm512_cmp_ps_mask(h[t], q.vth, _CMP_GE_OQ);
       v = p.hard ? _mm512_mask_mov_ps(h[t], m, q.vr) : _mm512_mask_sub_ps(h[t], m, h[t], q.vth);
     }
