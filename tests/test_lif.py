@@ -364,12 +364,13 @@ def _mem_available_gib():
 
 
 @pytest.mark.slow
-def test_more_than_2_31_elements():
-    """64 x (2^25 + 3) = 2^31 + 192 elements: every index is 64-bit. Forward only
-    (no grad): about 17 GiB for input and spikes."""
+@pytest.mark.parametrize("steps", [64, 4], ids=["blocked-walk", "register-walk"])
+def test_more_than_2_31_elements(steps):
+    """64 x (2^25 + 3) = 2^31 + 192 elements (or 4 x (2^29 + 3)): every index is 64-bit.
+    Forward only (no grad): about 17 GiB for input and spikes."""
     if _mem_available_gib() < 18:
         pytest.skip(f"needs about 18 GiB free, this machine has {_mem_available_gib():.1f} GiB available")
-    steps, n = 64, 2**25 + 3
+    n = 2**31 // steps + 3
     x = torch.empty(steps, n)
     assert x.numel() > 2**31
     # a pattern whose spikes differ along both axes
