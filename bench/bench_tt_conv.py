@@ -11,9 +11,10 @@ Prints the median of per-round time ratios (x > 1: snnops faster) and useful GFL
 JSON to bench/results/tt_conv.json and a plot of time against rank
 (bench/results/tt_conv_rank.png).
 
-Targets (issue 4): ptt_conv >= 1.3x the two separate convs plus add; the fused TT
-block at r = 32 >= 2x the four separate convs, forward+backward; an HTT layer at T = 4
-(FFHH) >= 1.2x the same layer in PTT mode.
+Targets: ptt_conv >= 1.3x the two separate convs plus add; the fused TT block at r = 32
+>= 2x the four separate convs, forward+backward; an HTT layer at T = 4 (FFHH) >= 1.2x the
+same layer in PTT mode. ``htt-T4-r32-packed`` runs both layers on spikes that also come
+bit-packed, as snnops' blocks pass them from the LIF before the layer.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from snnops import reference  # noqa: E402
 from snnops.nn import TTConv2d  # noqa: E402
 
 BATCH, HW, CHANNELS = 128, 16, 128  # ../shared/docs/PERFORMANCE.md: ptt-r*, tt-block
-SHAPES = ["ptt-r32", "ptt-r64", "tt-block-r16", "tt-block-r32", "tt-block-r64", "htt-T4-r32"]
+SHAPES = ["ptt-r32", "ptt-r64", "tt-block-r16", "tt-block-r32", "tt-block-r64", "htt-T4-r32", "htt-T4-r32-packed"]
 DENSITY = 0.2  # spikes entering the TT layer
 
 
@@ -97,8 +98,10 @@ def layer_case(r, backward, mode="ptt"):
     return impls, macs, {"separate convs": macs, "merged 3x3": dense_macs, "dense 3x3": dense_macs}
 
 
-def htt_case(r, backward, timesteps=4):
-    """HTT (FFHH) against the same layer in PTT mode, both fused."""
+def htt_case(r, backward, timesteps=4, packed=False):
+    """HTT (FFHH) against the same layer in PTT mode, both fused. ``packed``: both also get
+    the spikes bit-packed along the channels, as snnops' blocks pass them from the LIF
+    before the layer (its kernel writes them), so the layers skip packing the floats."""
     torch.manual_seed(0)
     htt = TTConv2d(CHANNELS, CHANNELS, r, "htt", schedule="FFHH")
     ptt = TTConv2d(CHANNELS, CHANNELS, r, "ptt")
@@ -107,9 +110,14 @@ def htt_case(r, backward, timesteps=4):
     plain_htt.load_state_dict(htt.state_dict())
     x = (torch.rand(timesteps, BATCH // timesteps, CHANNELS, HW, HW) < DENSITY).float().requires_grad_(backward)
     grad = torch.randn(x.shape) if backward else None
+    if packed:
+        words = snnops.pack_spikes(x.detach(), dim=2)
+        htt_fn, ptt_fn = (lambda s: htt(s, packed=words)), (lambda s: ptt(s, packed=words))
+    else:
+        htt_fn, ptt_fn = htt, ptt
     impls = {
-        "snnops": _step(htt, (x,), grad, htt.parameters() if backward else ()),
-        "snnops PTT": _step(ptt, (x,), grad, ptt.parameters() if backward else ()),
+        "snnops": _step(htt_fn, (x,), grad, htt.parameters() if backward else ()),
+        "snnops PTT": _step(ptt_fn, (x,), grad, ptt.parameters() if backward else ()),
         "separate convs": _step(plain_htt, (x,), grad, plain_htt.parameters() if backward else ()),
     }
     return impls, htt.macs(tuple(x.shape)), {"snnops PTT": ptt.macs(tuple(x.shape)),
@@ -139,7 +147,8 @@ def make_case(shape_id, backward):
     elif shape_id.startswith("stt-block-r"):
         impls, macs, ref_macs = layer_case(int(shape_id[11:]), backward, mode="stt")
     elif shape_id.startswith("htt-T4-r"):
-        impls, macs, ref_macs = htt_case(int(shape_id[8:]), backward)
+        packed = shape_id.endswith("-packed")
+        impls, macs, ref_macs = htt_case(int(shape_id[8:].removesuffix("-packed")), backward, packed=packed)
     else:
         raise ValueError(f"unknown shape {shape_id}")
     if snnops.cpu_isa() == "avx512":  # what the AVX-512 kernels add, same run

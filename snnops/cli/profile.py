@@ -63,7 +63,7 @@ DEFAULT_METHODS = ("dense", "stt", "ptt", "htt", "dense-ref", "stt-ref", "ptt-re
 BASELINE = "dense"
 CATEGORIES = ("conv", "lif", "bn", "bn_lif", "other")
 
-# The issue's targets on a CPU: (method, what, threshold).
+# The profile's targets on a CPU: (method, what, threshold).
 TARGETS = (
     ("ptt", "reduction", 60.0), ("htt", "reduction", 70.0),
     ("ptt", "speedup", 2.0), ("htt", "speedup", 2.0), ("dense", "speedup", 1.2),
@@ -422,7 +422,7 @@ def _add_paper(rows, model_name):
 
 
 def check_targets(rows):
-    """The issue's CPU targets against the measured rows: list of (text, met)."""
+    """The CPU targets against the measured rows: list of (text, met)."""
     by_key = {r["method"]: r for r in rows}
     out = []
     for key, what, threshold in TARGETS:
