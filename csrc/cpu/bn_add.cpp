@@ -247,9 +247,7 @@ void grad_sums_generic(const T* g, const T* z, const T* mean, int64_t C, int64_t
 }
 
 #if SNN_HAVE_AVX2
-// GCC 12 flags the undefined pass-through operand inside its own _mm512_cvtps_pd.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+SNN_INTRINSICS_UNINIT_BEGIN
 template <int NV>
 SNN_AVX512 inline void grad_chunk_avx512(const float* g, const float* z, const float* mean, int64_t C, int64_t c0,
                                          __mmask16 last, int64_t r0, int64_t r1, double* s1, double* s2) {
@@ -332,7 +330,7 @@ SNN_AVX2 void grad_sums_avx2(const float* g, const float* z, const float* mean, 
     s2[c0] += b;
   }
 }
-#pragma GCC diagnostic pop
+SNN_INTRINSICS_UNINIT_END
 #endif
 
 // Pass 2, rows [r0, r1): dz = ((g - k1) - (z - mean) * k2) * a (training), g * a (eval).

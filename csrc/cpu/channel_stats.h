@@ -43,9 +43,7 @@ inline void block_sums_generic(const T* z, int64_t r0, int64_t r1, int64_t C, do
 }
 
 #if SNN_HAVE_AVX2
-// GCC 12 flags the undefined pass-through operand inside its own _mm512_cvtps_pd.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+SNN_INTRINSICS_UNINIT_BEGIN
 // NV vectors of 16 channels from c0 (the last one masked by `last`), rows [r0, r1).
 template <int NV>
 SNN_AVX512 inline void chunk_sums_avx512(const float* z, int64_t r0, int64_t r1, int64_t C, int64_t c0,
@@ -136,7 +134,7 @@ SNN_AVX2 inline void block_sums_avx2(const float* z, int64_t r0, int64_t r1, int
     s2[c0] += a2;
   }
 }
-#pragma GCC diagnostic pop
+SNN_INTRINSICS_UNINIT_END
 #endif
 
 // s1[c] = sum of z[:, c], s2[c] = sum of z[:, c]^2 over all rows, in double, block order.

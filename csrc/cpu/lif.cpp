@@ -718,15 +718,13 @@ SNN_AVX512 void bwd_bits_avx512(const LifParams& p, const float* g_spk, const fl
 // AVX2 kernel's walk and arithmetic 16 neurons at a time. The surrogate runs as the
 // AVX2 code on both 256-bit halves (one code path for every surrogate, the same
 // rounding); at 2 threads the AVX2 kernel's instructions, not memory, set its pace.
-// GCC 12 flags the undefined pass-through operands inside its own 256/512-bit casts.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+SNN_INTRINSICS_UNINIT_BEGIN
 SNN_AVX512 static inline __m512 surrogate512(const LifParams& p, const VecConsts& k, __m512 u) {
   const __m256 lo = surrogate_ps(p, k, _mm512_castps512_ps256(u));
   const __m256 hi = surrogate_ps(p, k, _mm512_extractf32x8_ps(u, 1));
   return _mm512_insertf32x8(_mm512_zextps256_ps512(lo), hi, 1);
 }
-#pragma GCC diagnostic pop
+SNN_INTRINSICS_UNINIT_END
 
 // The recompute backward for T <= kRegisterSteps: each vector of 16 neurons keeps its
 // whole h history in registers, rebuilt from x and run backwards in one visit; no history

@@ -22,6 +22,14 @@
 #define SNN_AVX512
 #endif
 
+// GCC 12 flags the undefined pass-through operands (_mm512_undefined_*) inside its own
+// AVX-512 cast, extract and conversion intrinsics as uninitialized, a false positive:
+// code that uses them sits between these two.
+#define SNN_INTRINSICS_UNINIT_BEGIN                                           \
+  _Pragma("GCC diagnostic push") _Pragma("GCC diagnostic ignored \"-Wuninitialized\"") \
+      _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"")
+#define SNN_INTRINSICS_UNINIT_END _Pragma("GCC diagnostic pop")
+
 namespace snnops {
 
 // True when the AVX2+FMA kernels may run. SNNOPS_CPU_ISA=generic forces the

@@ -507,10 +507,7 @@ SNN_AVX512_BITS void build_table(const float* src, int64_t lds, int64_t cc, floa
 // sums of each 4 consecutive dY rows (8 groups x 16 x 64 floats = 32 KiB, L1), then for
 // every k its 8 nibbles select 8 table rows added to P[k] (the zero nibble selects a zero
 // row: no branch, no index list). Two accumulator sets take alternate nibbles.
-// (GCC 12's AVX-512 headers warn about their _mm512_undefined_* placeholders.)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+SNN_INTRINSICS_UNINIT_BEGIN
 // The 32 rows S[m, :] (W words each, rows >= `valid` read as zero) bit-transposed:
 // bit i of T[j * W + w] = bit j of S[i, w] (= S[i, 32 w + j]). Sixteen 32x32 blocks at a
 // time, one per vector lane (the words w of a row are contiguous): the delta swaps of
@@ -657,7 +654,7 @@ SNN_AVX512_BITS void table_rows_avx512(const BitGemm<float>& g, int64_t r0, int6
     for (int64_t r = r0; r < r1; ++r) add_table_rows(g.A[r * g.lda + w] & mask, table, P + (r - r0) * ldp);
   }
 }
-#pragma GCC diagnostic pop
+SNN_INTRINSICS_UNINIT_END
 #endif
 
 // dst[0, n) = src[0, n), with streaming stores on the 32-byte-aligned middle when `stream`.
@@ -856,10 +853,7 @@ SNN_AVX2_BITS void lowbit_counts_avx2(const uint32_t* s, const uint32_t* planes,
 #endif  // SNN_HAVE_AVX2
 
 #if SNN_HAVE_AVX512
-// GCC 12's own AVX-512 headers warn about their _mm512_undefined_* placeholders.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+SNN_INTRINSICS_UNINIT_BEGIN
 // acc[i] = 2 sum_j 2^j popcount(s & plane_j) - (2^BITS - 1) popcount(s & mask) for NB
 // consecutive weight rows (planes of row i at P + i * (BITS + 1) * W), 512 spike bits per
 // step with one VPOPCNTQ per plane: each spike vector is loaded once for NB rows.
@@ -894,7 +888,7 @@ void lowbit_dots_bits(const uint32_t* s, const uint32_t* P, int64_t W, int64_t n
   for (; i + 4 <= nrows; i += 4) lowbit_dots_vpopcnt<BITS, 4>(s, P + i * (BITS + 1) * W, W, acc + i);
   for (; i < nrows; ++i) lowbit_dots_vpopcnt<BITS, 1>(s, P + i * (BITS + 1) * W, W, acc + i);
 }
-#pragma GCC diagnostic pop
+SNN_INTRINSICS_UNINIT_END
 
 bool has_vpopcntdq() {
   static const bool ok = [] {

@@ -38,9 +38,7 @@ SNN_TRANSPOSE8 inline void transpose8x8(const float* src, int64_t lds, float* ds
   _mm256_storeu_ps(dst + 7 * ldd, _mm256_permute2f128_ps(s3, s7, 0x31));
 }
 
-#pragma GCC diagnostic push  // GCC 12's AVX-512 headers warn about their own temporaries
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+SNN_INTRINSICS_UNINIT_BEGIN
 // dst[j * ldd + i] = src[i * lds + j] for a 16x16 block (AVX-512).
 SNN_TRANSPOSE16 inline void transpose16x16(const float* src, int64_t lds, float* dst, int64_t ldd) {
   __m512 r[16], t[16];
@@ -74,7 +72,7 @@ SNN_TRANSPOSE16 inline void transpose16x16(const float* src, int64_t lds, float*
     _mm512_storeu_ps(dst + (q + 12) * ldd, _mm512_shuffle_f32x4(t[4 + q], t[12 + q], 0xDD));
   }
 }
-#pragma GCC diagnostic pop
+SNN_INTRINSICS_UNINIT_END
 
 }  // namespace snnops
 #endif  // SNN_HAVE_AVX2

@@ -800,9 +800,7 @@ void middle_forward(int isa, const Problem& pb, const Packed<T>& P, const Band& 
 // pool_band's max and argmax over a 2x2 window for 16 channels at a time, with its
 // rule: a later value replaces the best when greater or NaN. Returns the channels
 // done (the scalar loop was ~19% of a pooled layer's forward on two threads).
-// GCC 12 flags the undefined pass-through operand inside its own conversion intrinsic.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+SNN_INTRINSICS_UNINIT_BEGIN
 SNN_AVX512 int64_t pool_pixel_avx512(const float* const* q, int64_t C, float* out, uint8_t* idx) {
   int64_t c = 0;
   for (; c + 16 <= C; c += 16) {
@@ -819,7 +817,7 @@ SNN_AVX512 int64_t pool_pixel_avx512(const float* const* q, int64_t C, float* ou
   }
   return c;
 }
-#pragma GCC diagnostic pop
+SNN_INTRINSICS_UNINIT_END
 #endif
 
 template <typename T>
@@ -1116,9 +1114,7 @@ void planes_to_rows(int isa, const T* src, int64_t sc, int64_t sw, int64_t W, in
 #if SNN_HAVE_AVX2
 // unpool_pixel for 16 channels at a time: each window row gets the gradient where the
 // pool index picked it and zero elsewhere (whole rows written, no gather of indices).
-// GCC 12 flags the undefined pass-through operand inside its own conversion intrinsic.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+SNN_INTRINSICS_UNINIT_BEGIN
 SNN_AVX512 void unpool_pixel_avx512(const float* g, const uint8_t* code, int64_t C, float* const* win) {
   int64_t c = 0;
   for (; c + 16 <= C; c += 16) {
@@ -1132,7 +1128,7 @@ SNN_AVX512 void unpool_pixel_avx512(const float* g, const uint8_t* code, int64_t
     for (int q = 0; q < 4; ++q)
       if (win[q] != nullptr) win[q][c] = code[c] == q ? g[c] : 0.0f;
 }
-#pragma GCC diagnostic pop
+SNN_INTRINSICS_UNINIT_END
 #endif
 
 // The pooled gradient of one pixel's C channels (stride sc) sent back to the 2x2 window
