@@ -182,7 +182,8 @@ def test_saved_state_size(surrogate, detach, v_reset, bits):
 
 
 @pytest.mark.parametrize("shape,dim", [((4, 3, 70), 2), ((4, 3, 70), -1), ((3, 2, 40, 5, 3), 2),
-                                       ((3, 2, 33, 4), 1), ((2, 5, 64), 2), ((2, 0, 8), 2)])
+                                       ((3, 2, 33, 4), 1), ((2, 5, 64), 2), ((2, 0, 8), 2),
+                                       ((2, 2, 40, 17, 17), 2)])
 def test_packed_spikes_output(cpu_isa, shape, dim):
     x = (torch.randn(shape) * 0.8).requires_grad_()
     s, v, packed = snnops.lif(x, decay=0.25, v_threshold=0.5, surrogate="rect", detach_reset=True, pack_dim=dim)

@@ -5,10 +5,13 @@ import torch
 import snnops
 from snnops import reference
 
-# (shape, dim): odd feature counts, word boundaries, NCHW, multi-step LIF outputs, empty.
+# (shape, dim): odd feature counts, word boundaries, NCHW, multi-step LIF outputs, empty;
+# 17x17 images span several of the column packers' position chunks (256 positions with
+# AVX-512, 64 with AVX2), a partial chunk and a tail shorter than one vector.
 CASES = [
     ((7, 1), -1), ((3, 31), -1), ((4, 32), -1), ((2, 33), 1), ((5, 100), -1),
     ((2, 37, 3, 5), 1), ((2, 64, 4, 4), 1), ((2, 3, 45, 2, 3), 2), ((3, 70, 9), 0),
+    ((2, 45, 17, 17), 1), ((2, 96, 600), 1),
     ((0, 33), -1), ((4, 0), -1), ((2, 0, 3, 3), 1), ((2, 5, 0, 3), 1),
 ]
 
@@ -66,7 +69,7 @@ def test_non_contiguous_and_channels_last(cpu_isa):
 
 @pytest.mark.parametrize("bad", [0.5, 2.0, -1.0, float("nan"), float("inf")])
 @pytest.mark.parametrize("shape,dim,where", [((3, 70), -1, (1, 65)), ((2, 40, 3, 9), 1, (1, 33, 2, 8)),
-                                             ((2, 9, 40), 2, (0, 8, 39))])
+                                             ((2, 9, 40), 2, (0, 8, 39)), ((2, 40, 300), 1, (1, 33, 270))])
 def test_non_binary_raises_and_says_where(cpu_isa, bad, shape, dim, where):
     x = _spikes(shape)
     x[where] = bad

@@ -860,7 +860,7 @@ SNN_AVX512 void bwd_recompute_avx512(const LifParams& p, const float* x, const f
 template <typename T>
 void pack_spikes_into(const T* spk, int64_t rows, int64_t K, int64_t inner, uint32_t* out) {
   const int64_t W = spike_pack::packed_words(K);
-  const bool avx2 = use_avx2();
+  const bool avx2 = use_avx2(), avx512 = use_avx512();
   at::parallel_for(0, rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, K * inner)), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const T* src = spk + r * K * inner;
@@ -869,6 +869,7 @@ void pack_spikes_into(const T* spk, int64_t rows, int64_t K, int64_t inner, uint
       if constexpr (std::is_same_v<T, float>) {
         if (avx2) {
           if (inner == 1) spike_pack::pack_row_f32(src, K, dst);
+          else if (avx512) spike_pack::pack_columns_f32_avx512(src, K, inner, inner, dst, W);
           else spike_pack::pack_columns_f32(src, K, inner, inner, dst, W);
           continue;
         }

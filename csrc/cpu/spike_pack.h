@@ -27,6 +27,7 @@
 // cache. This header includes no torch headers.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "cpu/simd.h"
@@ -114,13 +115,6 @@ inline void unpack_columns(const uint32_t* in, int64_t in_stride, int64_t K, int
 #if SNN_HAVE_AVX2
 // ------------------------------------------------------------------ AVX2, float32
 
-// Lanes of v that are neither 0 nor 1, as a movemask.
-SNN_AVX2 static inline int nonbinary_lanes(__m256 v) {
-  const __m256 ok = _mm256_or_ps(_mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_EQ_OQ),
-                                 _mm256_cmp_ps(v, _mm256_set1_ps(1.0f), _CMP_EQ_OQ));
-  return _mm256_movemask_ps(ok) ^ 0xFF;
-}
-
 SNN_AVX2 static inline int64_t pack_row_f32(const float* x, int64_t K, uint32_t* words) {
   const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
   const int64_t full = K / kWordBits;
@@ -148,47 +142,68 @@ SNN_AVX2 static inline int64_t pack_row_f32(const float* x, int64_t K, uint32_t*
   return -1;
 }
 
-// Eight positions at a time: lane i of the accumulator is the word of position i,
-// built by OR-ing (x == 1) & (1 << b) over the 32 features of the word.
+// Feature rows in address order: for a chunk of up to 64 positions, each of a word's
+// 32 feature rows is read as one contiguous run and OR-ed, one bit per feature, into
+// eight accumulators (lane i: the word of position i). Visiting every row once per
+// chunk, rather than all 32 rows for every 8 positions, keeps the reads to a few
+// sequential streams the hardware prefetcher follows. Against that position-major
+// order: lif-T4 with packed output 0.84x the time (0.83x at 32x32 images, AVX2).
 SNN_AVX2 static inline int64_t pack_columns_f32(const float* x, int64_t K, int64_t k_stride, int64_t n,
                                                 uint32_t* out, int64_t out_stride) {
   const int64_t nw = packed_words(K);
   const int64_t full = n / 8 * 8;
-  const __m256 one = _mm256_set1_ps(1.0f);
-  int bad = 0;
-  for (int64_t i = 0; i < full; i += 8) {
+  const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+  __m256 ok = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+  constexpr int kVecs = 8;
+  for (int64_t i0 = 0; i0 < full; i0 += 8 * kVecs) {
+    const int nv = (int)std::min<int64_t>(kVecs, (full - i0) / 8);
     for (int64_t w = 0; w < nw; ++w) {
       const int64_t k0 = w * kWordBits;
       const int nb = (int)(k0 + kWordBits < K ? kWordBits : K - k0);
-      __m256i acc = _mm256_setzero_si256();
-      const float* p = x + k0 * k_stride + i;
+      __m256 acc[kVecs];
+#pragma GCC unroll 8
+      for (int j = 0; j < kVecs; ++j) acc[j] = _mm256_setzero_ps();
       for (int b = 0; b < nb; ++b) {
-        const __m256 v = _mm256_loadu_ps(p + b * k_stride);
-        bad |= nonbinary_lanes(v);
-        const __m256i m = _mm256_castps_si256(_mm256_cmp_ps(v, one, _CMP_EQ_OQ));
-        acc = _mm256_or_si256(acc, _mm256_and_si256(m, _mm256_set1_epi32((int)(1u << b))));
+        const float* row = x + (k0 + b) * k_stride + i0;
+        const __m256 bit = _mm256_castsi256_ps(_mm256_set1_epi32((int)(1u << b)));
+#pragma GCC unroll 8
+        for (int j = 0; j < kVecs; ++j) {
+          if (j < nv) {
+            const __m256 v = _mm256_loadu_ps(row + 8 * j);
+            const __m256 is1 = _mm256_cmp_ps(v, one, _CMP_EQ_OQ);
+            ok = _mm256_and_ps(ok, _mm256_or_ps(is1, _mm256_cmp_ps(v, zero, _CMP_EQ_OQ)));
+            acc[j] = _mm256_or_ps(acc[j], _mm256_and_ps(is1, bit));
+          }
+        }
       }
-      if (out_stride == 1 && nw == 1) {
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), acc);
-      } else {
-        alignas(32) uint32_t tmp[8];
-        _mm256_store_si256(reinterpret_cast<__m256i*>(tmp), acc);
-        for (int j = 0; j < 8; ++j) out[(i + j) * out_stride + w] = tmp[j];
+#pragma GCC unroll 8
+      for (int j = 0; j < kVecs; ++j) {
+        if (j < nv) {
+          const __m256i a = _mm256_castps_si256(acc[j]);
+          if (out_stride == 1) {
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i0 + 8 * j), a);
+          } else {
+            alignas(32) uint32_t tmp[8];
+            _mm256_store_si256(reinterpret_cast<__m256i*>(tmp), a);
+            for (int l = 0; l < 8; ++l) out[(i0 + 8 * j + l) * out_stride + w] = tmp[l];
+          }
+        }
       }
     }
   }
-  if (bad) return block_offset(pack_columns<float>(x, K, k_stride, full, out, out_stride), full, 0, n);
-  // The last positions: x + full is a [K, n - full] block with the same k_stride.
+  if (_mm256_movemask_ps(ok) != 0xFF) return block_offset(pack_columns<float>(x, K, k_stride, full, out, out_stride), full, 0, n);
   if (full < n)
     return block_offset(pack_columns<float>(x + full, K, k_stride, n - full, out + full * out_stride, out_stride),
                         n - full, full, n);
   return -1;
 }
 
-// AVX-512: sixteen positions per step, so every load is one whole cache line of a
-// feature's row, and one masked OR per feature adds its bit to the sixteen words.
-// Non-binary input or a partial last group goes through pack_columns_f32 (which
-// also finds the bad value).
+// AVX-512: the same row order with sixteen accumulators of sixteen positions (each
+// row run is four cache lines). Against a position-major walk that read one line of
+// each of the 32 rows per sixteen positions: pack_spikes of [4, 32, 128, 16, 16]
+// along the channels 0.58x the time, lif-T4 with packed output 0.835x (0.63x at 32x32
+// images), the HTT layer's own packing 0.95-0.97x of its forward. Non-binary input or
+// a partial last group goes through pack_columns_f32 (which also finds the bad value).
 SNN_AVX512 static inline int64_t pack_columns_f32_avx512(const float* x, int64_t K, int64_t k_stride, int64_t n,
                                                         uint32_t* out, int64_t out_stride) {
   const int64_t nw = packed_words(K);
@@ -197,25 +212,35 @@ SNN_AVX512 static inline int64_t pack_columns_f32_avx512(const float* x, int64_t
   const __m512i lane_rows = _mm512_mullo_epi32(
       _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32((int)out_stride));
   __mmask16 ok = 0xFFFF;
-  for (int64_t i = 0; i < full; i += 16) {
+  constexpr int kVecs = 16;
+  for (int64_t i0 = 0; i0 < full; i0 += 16 * kVecs) {
+    const int nv = (int)std::min<int64_t>(kVecs, (full - i0) / 16);
     for (int64_t w = 0; w < nw; ++w) {
       const int64_t k0 = w * kWordBits;
       const int nb = (int)(k0 + kWordBits < K ? kWordBits : K - k0);
-      __m512i acc = _mm512_setzero_si512();
-      const float* p = x + k0 * k_stride + i;
+      __m512i acc[kVecs];
+#pragma GCC unroll 16
+      for (int j = 0; j < kVecs; ++j) acc[j] = _mm512_setzero_si512();
       for (int b = 0; b < nb; ++b) {
-        // The same feature's line two groups ahead: 32+ rows a kernel-stride apart are
-        // more streams than the hardware prefetcher follows.
-        if (i + 32 < full) _mm_prefetch(reinterpret_cast<const char*>(p + b * k_stride + 32), _MM_HINT_T0);
-        const __m512 v = _mm512_loadu_ps(p + b * k_stride);
-        const __mmask16 is1 = _mm512_cmp_ps_mask(v, one, _CMP_EQ_OQ);
-        ok &= (__mmask16)(is1 | _mm512_cmp_ps_mask(v, zero, _CMP_EQ_OQ));
-        acc = _mm512_mask_or_epi32(acc, is1, acc, _mm512_set1_epi32((int)(1u << b)));
+        const float* row = x + (k0 + b) * k_stride + i0;
+        const __m512i bit = _mm512_set1_epi32((int)(1u << b));
+#pragma GCC unroll 16
+        for (int j = 0; j < kVecs; ++j) {
+          if (j < nv) {
+            const __m512 v = _mm512_loadu_ps(row + 16 * j);
+            const __mmask16 is1 = _mm512_cmp_ps_mask(v, one, _CMP_EQ_OQ);
+            ok &= (__mmask16)(is1 | _mm512_cmp_ps_mask(v, zero, _CMP_EQ_OQ));
+            acc[j] = _mm512_mask_or_epi32(acc[j], is1, acc[j], bit);
+          }
+        }
       }
-      if (out_stride == 1)
-        _mm512_storeu_si512(out + i, acc);
-      else
-        _mm512_i32scatter_epi32(out + i * out_stride + w, lane_rows, acc, 4);
+#pragma GCC unroll 16
+      for (int j = 0; j < kVecs; ++j) {
+        if (j < nv) {
+          if (out_stride == 1) _mm512_storeu_si512(out + i0 + 16 * j, acc[j]);
+          else _mm512_i32scatter_epi32(out + (i0 + 16 * j) * out_stride + w, lane_rows, acc[j], 4);
+        }
+      }
     }
   }
   if (ok != 0xFFFF) return pack_columns_f32(x, K, k_stride, n, out, out_stride);
