@@ -211,6 +211,27 @@ def test_packed_spikes_written_by_the_kernel(cpu_isa, surrogate, v_reset, detach
     assert torch.equal(s.detach(), expect)
 
 
+@pytest.mark.parametrize("surrogate,v_reset,detach", [("rect", 0.0, True), ("atan", 0.0, False)])
+@pytest.mark.parametrize("steps", [4, 12])
+@pytest.mark.parametrize("hw,grad", [((8, 8), True), ((8, 8), False), ((7, 7), True), ((7, 7), False)])
+def test_packed_spikes_along_channels(cpu_isa, surrogate, v_reset, detach, steps, hw, grad):
+    # Packing along the channels of [T, B, C, H, W]: the forward runs units of 32 channels
+    # through every step and packs them from cache when each unit starts on a whole
+    # saved-bit group (8x8 images, or nothing saved); 7x7 with a gradient takes a separate
+    # pass. 70 channels: a partial last word; T = 12: chunks of a few units per thread.
+    kw = dict(decay=0.25, v_threshold=0.5, v_reset=v_reset, surrogate=surrogate, detach_reset=detach)
+    x = (torch.randn(steps, 3, 70, *hw) * 0.8).requires_grad_(grad)
+    s, v, packed = snnops.lif(x, pack_dim=2, **kw)
+    assert torch.equal(packed, reference.pack_spikes(s.detach(), 2))
+    rs, rv, _ = run_reference(x.detach(), None, **kw)
+    assert torch.equal(s.detach(), rs) and torch.equal(v.detach(), rv)
+    if grad:
+        g = torch.randn_like(x)
+        xr = x.detach().clone().requires_grad_()
+        expect, = torch.autograd.grad(run_reference(xr, None, return_membrane=False, **kw)[0], xr, g)
+        torch.testing.assert_close(torch.autograd.grad(s, x, g)[0], expect, rtol=1e-5, atol=1e-5)
+
+
 def test_packed_spikes_feed_a_spike_layer():
     x = (torch.randn(3, 4, 40) * 0.8).requires_grad_()
     w = torch.randn(7, 40, requires_grad=True)

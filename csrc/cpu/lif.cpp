@@ -853,10 +853,11 @@ SNN_AVX512 void bwd_recompute_avx512(const LifParams& p, const float* x, const f
 #endif  // SNN_HAVE_AVX2
 
 // ---------------------------------------------------------------- packed spikes
-// Pack the spikes just written along feature dim `dim` (1..ndim-1) into the layout of
-// cpu/spike_pack.h: [T, outer..., inner..., ceil(K/32)]. Rows are packed while the
-// spikes of the step are still in cache from the forward's last pass, in parallel
-// over (t, outer) rows. The spikes are 0/1 by construction, so no value can fail.
+// Pack the spikes written by the forward along feature dim `dim` (1..ndim-1) into the
+// layout of cpu/spike_pack.h: [T, outer..., inner..., ceil(K/32)], a pass of its own in
+// parallel over (t, outer) rows. Only where the fused packing below cannot run (float64,
+// or saved-bit groups that straddle its units). The spikes are 0/1 by construction, so
+// no value can fail.
 template <typename T>
 void pack_spikes_into(const T* spk, int64_t rows, int64_t K, int64_t inner, uint32_t* out) {
   const int64_t W = spike_pack::packed_words(K);
@@ -881,6 +882,41 @@ void pack_spikes_into(const T* spk, int64_t rows, int64_t K, int64_t inner, uint
     }
   });
 }
+
+// The packed output along a feature dim that is not last, fused into the forward, in
+// units of 32 features of one outer index: unit u = (o, w) covers the contiguous neurons
+// [o K inner + 32 w inner, o K inner + min(K, 32 w + 32) inner) of each step. Against
+// the separate pass (two threads, interleaved): [4, 32, 128, 16, 16] packed along the
+// channels 0.81x the forward's time (0.86x with bits saved for backward), [16, 32, 128,
+// 8, 8] 0.84x, 32x32 images 0.81x; AVX2 0.84x and 0.95x.
+struct ColumnPack {
+  int64_t K, inner, outer;
+  int64_t words() const { return spike_pack::packed_words(K); }
+  int64_t units() const { return outer * words(); }
+  int64_t start(int64_t u) const { return (u / words()) * K * inner + (u % words()) * 32 * inner; }
+  int64_t end(int64_t u) const {
+    return (u / words()) * K * inner + std::min(K, (u % words() + 1) * 32) * inner;
+  }
+  // Packs unit u of step t (spk: that step's spikes) into word u % words() of its positions.
+  void pack(const float* spk, int64_t t, int64_t u, bool avx2, bool avx512, uint32_t* out) const {
+    const int64_t o = u / words(), w = u % words(), k = std::min<int64_t>(32, K - 32 * w);
+    const float* src = spk + start(u);
+    uint32_t* dst = out + (t * outer + o) * inner * words() + w;
+#if SNN_HAVE_AVX2
+    if (avx512) {
+      spike_pack::pack_columns_f32_avx512(src, k, inner, inner, dst, words());
+      return;
+    }
+    if (avx2) {
+      spike_pack::pack_columns_f32(src, k, inner, inner, dst, words());
+      return;
+    }
+#endif
+    (void)avx2;
+    (void)avx512;
+    spike_pack::pack_columns<float>(src, k, inner, inner, dst, words());
+  }
+};
 
 std::vector<int64_t> packed_shape(at::IntArrayRef shape, int64_t dim) {
   std::vector<int64_t> out;
@@ -970,6 +1006,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_fwd_c
   if (pack_dim.has_value()) packed = cached_empty(packed_shape(x.sizes(), *pack_dim), x.options().dtype(at::kInt));
   else packed = at::empty({0}, x.options().dtype(at::kInt));
   uint8_t* fp = flat_pack && packed.numel() > 0 ? reinterpret_cast<uint8_t*>(packed.data_ptr<int32_t>()) : nullptr;
+  // Packing along another dim (float32): fused into the forward when every unit of 32
+  // features starts on a whole saved-bit group of 64 neurons (or no bits are saved).
+  std::optional<ColumnPack> column_pack;
+  if (pack_dim.has_value() && !flat_pack && ct == at::kFloat && packed.numel() > 0) {
+    ColumnPack cp{x.size(*pack_dim), c10::multiply_integers(x.sizes().slice(*pack_dim + 1)), 0};
+    cp.outer = N / std::max<int64_t>(1, cp.K * cp.inner);
+    if (cp.K > 0 && (!bits || ((32 * cp.inner) % 64 == 0 && (cp.K * cp.inner) % 64 == 0))) column_pack = cp;
+  }
   if (steps == 0 || N == 0) {
     if (v0.defined()) v_last.copy_(v0); else v_last.zero_();
   } else if (ct == at::kFloat) {
@@ -980,8 +1024,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_fwd_c
     float* mp = return_membrane ? membrane.data_ptr<float>() : nullptr;
     uint8_t* bp = bits ? reinterpret_cast<uint8_t*>(saved.data_ptr<int32_t>()) : nullptr;
     const bool avx2 = use_avx2(), avx512 = use_avx512();
-    at::parallel_for(0, ceil_div(N, 64), group_grain(steps), [&](int64_t g0, int64_t g1) {
-      const int64_t n0 = g0 * 64, n1 = std::min(N, g1 * 64);
+    auto run = [&](int64_t n0, int64_t n1) {
 #if SNN_HAVE_AVX2
       if (avx512) {
         if (steps <= kRegisterSteps)
@@ -1002,7 +1045,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_fwd_c
 #endif
       (void)avx2;
       fwd_generic<float>(p, xp, vp, sp, vl, mp, bp, fp, steps, N, n0, n1);
-    });
+    };
+    if (column_pack.has_value()) {
+      const ColumnPack& cp = *column_pack;
+      uint32_t* out = reinterpret_cast<uint32_t*>(packed.data_ptr<int32_t>());
+      // Units of 32 features of one outer index (one packed word per position) are
+      // contiguous neurons: run a few units through every step, then pack their spikes
+      // while they are still in L2 (at most 512 KiB of them).
+      const int64_t unit = 32 * cp.inner, limit = std::max<int64_t>(unit, (int64_t(1) << 17) / steps);
+      const int64_t grain = std::max<int64_t>(1, 16384 / (steps * unit));
+      at::parallel_for(0, cp.units(), grain, [&](int64_t u0, int64_t u1) {
+        for (int64_t a = u0; a < u1;) {
+          int64_t b = a + 1;
+          while (b < u1 && cp.end(b) - cp.start(a) <= limit) ++b;
+          run(cp.start(a), cp.end(b - 1));
+          for (int64_t t = 0; t < steps; ++t)
+            for (int64_t u = a; u < b; ++u) cp.pack(sp + t * N, t, u, avx2, avx512, out);
+          a = b;
+        }
+      });
+    } else {
+      at::parallel_for(0, ceil_div(N, 64), group_grain(steps), [&](int64_t g0, int64_t g1) {
+        run(g0 * 64, std::min(N, g1 * 64));
+      });
+    }
   } else {
     const double* xp = x.data_ptr<double>();
     const double* vp = v0.defined() ? v0.data_ptr<double>() : nullptr;
@@ -1014,7 +1080,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_fwd_c
       fwd_generic<double>(p, xp, vp, sp, vl, mp, bp, fp, steps, N, g0 * 64, std::min(N, g1 * 64));
     });
   }
-  if (pack_dim.has_value() && !flat_pack) {
+  if (pack_dim.has_value() && !flat_pack && !column_pack.has_value()) {
     const int64_t d = *pack_dim;
     const int64_t K = x.size(d);
     const int64_t inner = c10::multiply_integers(x.sizes().slice(d + 1));
