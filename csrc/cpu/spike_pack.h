@@ -191,7 +191,8 @@ SNN_AVX2 static inline int64_t pack_columns_f32(const float* x, int64_t K, int64
       }
     }
   }
-  if (_mm256_movemask_ps(ok) != 0xFF) return block_offset(pack_columns<float>(x, K, k_stride, full, out, out_stride), full, 0, n);
+  if (_mm256_movemask_ps(ok) != 0xFF)  // find the bad value
+    return block_offset(pack_columns<float>(x, K, k_stride, full, out, out_stride), full, 0, n);
   if (full < n)
     return block_offset(pack_columns<float>(x + full, K, k_stride, n - full, out + full * out_stride, out_stride),
                         n - full, full, n);
