@@ -276,8 +276,10 @@ at::Tensor pack_impl(const at::Tensor& spikes_in, int64_t dim, int64_t* nnz, con
         if (nnz) total += popcount_words(out + r0 * W, (r1 - r0) * W);
       });
     } else {
-      // Tasks: (outer index, block of positions).
-      const int64_t blk = std::max<int64_t>(8, std::min<int64_t>(inner, (16384 / std::max<int64_t>(K, 1)) / 8 * 8));
+      // Tasks: (outer index, block of positions), 128 KiB of floats each: at K = 128 the
+      // 256 positions of one AVX-512 packer chunk. [4, 32, 128, 16, 16] along the channels,
+      // repeated calls: 0.62x the time of 64 KiB blocks (AVX2 0.83x); 256 KiB no faster.
+      const int64_t blk = std::max<int64_t>(8, std::min<int64_t>(inner, (32768 / std::max<int64_t>(K, 1)) / 8 * 8));
       const int64_t nblk = ceil_div(inner, blk);
       parallel_pieces(outer * nblk, 1, [&](int64_t t0, int64_t t1) {
         for (int64_t t = t0; t < t1; ++t) {
