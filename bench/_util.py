@@ -6,6 +6,7 @@ and we report the median of the per-round ratios.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -60,6 +61,28 @@ def copy_bandwidth(nbytes, rounds=15):
     x = torch.empty(nbytes // 4, dtype=torch.float32).uniform_()
     t = statistics.median(timeit(lambda: torch.empty_like(x).copy_(x)) for _ in range(rounds))
     return 2 * x.numel() * 4 / t
+
+
+def arg_parser(doc, shapes=None, rounds=15):
+    """The options the op benchmarks share: --shapes (of ``shapes``), --rounds, --threads."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    if shapes is not None:
+        p.add_argument("--shapes", nargs="+", default=list(shapes), choices=list(shapes))
+    p.add_argument("--rounds", type=int, default=rounds)
+    p.add_argument("--threads", type=int, default=2)
+    return p
+
+
+def start(name, args):
+    """Sets the threads, prints the run's header and returns ``machine()`` with the load
+    average (the machine is shared: say how loaded it was)."""
+    import snnops
+    torch.set_num_threads(args.threads)
+    info = machine()
+    info["load_average"] = os.getloadavg()
+    print(f"snnops {name} benchmark: threads={info['threads']}, torch {info['torch']}, "
+          f"cpu kernels {snnops.cpu_isa()}, rounds={args.rounds}, load average {info['load_average'][0]:.1f}")
+    return info
 
 
 def machine():

@@ -10,7 +10,6 @@ fused op's achieved bandwidth against the machine's copy bandwidth in the same r
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -81,15 +80,8 @@ def measure(shape_id, rounds=15):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    p.add_argument("--rounds", type=int, default=15)
-    p.add_argument("--threads", type=int, default=2)
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    info = _util.machine()
-    print(f"snnops bn_lif benchmark: threads={info['threads']}, torch {info['torch']}, "
-          f"cpu kernels {snnops.cpu_isa()}, rounds={args.rounds}")
+    args = _util.arg_parser(__doc__, SHAPES).parse_args(argv)
+    info = _util.start("bn_lif", args)
     rows = [measure(s, args.rounds) for s in args.shapes]
     refs = [k[len("speedup_vs["):-1] for k in rows[0] if k.startswith("speedup_vs[")]
     cols = [("shape", "shape", "{}"), ("fused_ms", "fused ms", "{:.2f}")]

@@ -11,7 +11,6 @@ once, the packed words written once).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -81,15 +80,8 @@ def measure_lif(shape_id, rounds=15):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    p.add_argument("--rounds", type=int, default=15)
-    p.add_argument("--threads", type=int, default=2)
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    info = _util.machine()
-    print(f"snnops pack benchmark: threads={info['threads']}, torch {info['torch']}, "
-          f"cpu kernels {snnops.cpu_isa()}, rounds={args.rounds}")
+    args = _util.arg_parser(__doc__, SHAPES).parse_args(argv)
+    info = _util.start("pack", args)
     rows = [measure(s, args.rounds) for s in args.shapes]
     _util.print_table(rows, [("shape", "shape", "{}"), ("snnops_ms", "snnops ms", "{:.3f}"),
                              ("speedup_vs[reference]", "x vs reference", "{:.1f}"),
