@@ -101,6 +101,27 @@ def test_gradcheck_float64(cpu_isa, v_reset):
     assert torch.autograd.gradcheck(f, (x, v0), eps=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("surrogate", SURROGATES)
+@pytest.mark.parametrize("steps", [4, 16])
+@pytest.mark.parametrize("detach_reset", [True, False], ids=["detached", "attached"])
+def test_avx512_gradients_equal_avx2(monkeypatch, surrogate, steps, detach_reset):
+    # The AVX-512 kernels repeat the AVX2 kernels' vector arithmetic in its order (the
+    # surrogates included), so where no lanes are left for the portable code (4096 neurons
+    # a step: whole vectors in both threads' ranges) the gradients are equal bit for bit.
+    monkeypatch.delenv("SNNOPS_CPU_ISA", raising=False)
+    if snnops.cpu_isa() != "avx512":
+        pytest.skip("this CPU (or build) has no AVX-512 path")
+    x = (torch.randn(steps, 2, 64, 32) * 0.8).requires_grad_()
+    g = torch.randn_like(x)
+    grads = []
+    for isa in ("avx512", "avx2"):
+        monkeypatch.setenv("SNNOPS_CPU_ISA", isa)
+        s, _ = snnops.lif(x, decay=0.25, v_threshold=0.5, v_reset=0.0, surrogate=surrogate,
+                          detach_reset=detach_reset)
+        grads.append(torch.autograd.grad(s, x, g)[0])
+    assert torch.equal(grads[0], grads[1])
+
+
 def test_spike_on_the_threshold_fires():
     # h == v_threshold exactly must fire (h >= v_th), in both kernels and reference.
     x = torch.tensor([[0.5, 0.49999997, 0.50000006]])
