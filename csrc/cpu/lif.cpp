@@ -50,8 +50,11 @@ struct LifParams {
   double dspike_k;  // alpha / (2 tanh(alpha / 2))
 };
 
+// float32 rounds as the vector kernels do (their fused multiply-adds and exp), so every
+// code path gives the same gradients; float64 has no vector kernel.
 template <typename T>
 inline T surrogate_grad(const LifParams& p, T u) {
+  constexpr bool f32 = std::is_same_v<T, float>;
   const T a = (T)p.alpha;
   const T au = std::abs(u);
   switch (p.surrogate) {
@@ -63,20 +66,20 @@ inline T surrogate_grad(const LifParams& p, T u) {
     }
     case kATan: {
       T z = (T)(M_PI / 2) * a * u;
-      return (a / T(2)) / (T(1) + z * z);
+      return (a / T(2)) / (f32 ? std::fma(z, z, T(1)) : T(1) + z * z);
     }
     case kSigmoid: {  // alpha * sig(a u) * (1 - sig(a u)) = alpha * e / (1 + e)^2, e = exp(-a|u|)
-      T e = std::exp(-a * au);
+      T e = f32 ? (T)exp_nonpos((float)(-a * au)) : std::exp(-a * au);
       T d = T(1) + e;
       return a * e / (d * d);
     }
     case kSuperSpike: {
-      T d = a * au + T(1);
+      T d = f32 ? std::fma(a, au, T(1)) : a * au + T(1);
       return T(1) / (d * d);
     }
     case kDspike: {  // k * (1 - tanh(b u)^2) = k * 4e / (1 + e)^2, e = exp(-2b|u|)
       if (!(au < T(0.5))) return T(0);
-      T e = std::exp(T(-2) * a * au);
+      T e = f32 ? (T)exp_nonpos((float)(T(-2) * a * au)) : std::exp(T(-2) * a * au);
       T d = T(1) + e;
       return (T)p.dspike_k * T(4) * e / (d * d);
     }

@@ -6,6 +6,7 @@
 // fast path is picked at run time by use_avx2().
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -42,17 +43,32 @@ bool use_avx512();
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-#if SNN_HAVE_AVX2
-
-// exp(x) for x <= 0 (inputs below -87 flush towards 0), Cephes-style polynomial,
-// about 2 ulp: the surrogates only need exp of a non-positive argument. x = n ln2 + r
-// (ln2 in two parts), exp(r) = 1 + r + r^2 P(r).
+// The coefficients of exp_nonpos / exp_nonpos_ps / exp_nonpos_ps512 (below).
 namespace exp_coef {
 constexpr float kMin = -87.0f, kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
 constexpr float kP[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
                          4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
 }  // namespace exp_coef
 
+// exp_nonpos_ps (below) on one lane, the same operations: the portable code then rounds
+// the surrogates exactly as the vector kernels do.
+inline float exp_nonpos(float x) {
+  using namespace exp_coef;
+  x = x > kMin ? x : kMin;  // as _mm256_max_ps(x, kMin): NaN becomes kMin
+  const float fx = std::nearbyint(x * kLog2e);
+  float r = std::fma(-fx, kLn2Hi, x);
+  r = std::fma(-fx, kLn2Lo, r);
+  float p = kP[0];
+  for (int i = 1; i < 6; ++i) p = std::fma(p, r, kP[i]);
+  const float y = std::fma(p * r, r, r + 1.0f);
+  return y * std::ldexp(1.0f, (int)fx);
+}
+
+#if SNN_HAVE_AVX2
+
+// exp(x) for x <= 0 (inputs below -87 flush towards 0), Cephes-style polynomial,
+// about 2 ulp: the surrogates only need exp of a non-positive argument. x = n ln2 + r
+// (ln2 in two parts), exp(r) = 1 + r + r^2 P(r).
 SNN_AVX2 static inline __m256 exp_nonpos_ps(__m256 x) {
   using namespace exp_coef;
   x = _mm256_max_ps(x, _mm256_set1_ps(kMin));
