@@ -895,24 +895,24 @@ SNN_AVX512 void bwd_recompute_avx512(const LifParams& p, const float* x, const f
 template <typename T>
 void pack_spikes_into(const T* spk, int64_t rows, int64_t K, int64_t inner, uint32_t* out) {
   const int64_t W = spike_pack::packed_words(K);
-  const bool avx2 = use_avx2(), avx512 = use_avx512();
+  const int isa = use_avx512() ? 2 : use_avx2() ? 1 : 0;
   at::parallel_for(0, rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, K * inner)), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const T* src = spk + r * K * inner;
       uint32_t* dst = out + r * inner * W;
+      if (inner > 1) {
+        spike_pack::pack_columns_isa<T>(isa, src, K, inner, inner, dst, W);
+        continue;
+      }
 #if SNN_HAVE_AVX2
       if constexpr (std::is_same_v<T, float>) {
-        if (avx2) {
-          if (inner == 1) spike_pack::pack_row_f32(src, K, dst);
-          else if (avx512) spike_pack::pack_columns_f32_avx512(src, K, inner, inner, dst, W);
-          else spike_pack::pack_columns_f32(src, K, inner, inner, dst, W);
+        if (isa >= 1) {
+          spike_pack::pack_row_f32(src, K, dst);
           continue;
         }
       }
 #endif
-      (void)avx2;
-      if (inner == 1) spike_pack::pack_row<T>(src, K, dst);
-      else spike_pack::pack_columns<T>(src, K, inner, inner, dst, W);
+      spike_pack::pack_row<T>(src, K, dst);
     }
   });
 }
@@ -932,23 +932,10 @@ struct ColumnPack {
     return (u / words()) * K * inner + std::min(K, (u % words() + 1) * 32) * inner;
   }
   // Packs unit u of step t (spk: that step's spikes) into word u % words() of its positions.
-  void pack(const float* spk, int64_t t, int64_t u, bool avx2, bool avx512, uint32_t* out) const {
+  void pack(const float* spk, int64_t t, int64_t u, int isa, uint32_t* out) const {
     const int64_t o = u / words(), w = u % words(), k = std::min<int64_t>(32, K - 32 * w);
-    const float* src = spk + start(u);
-    uint32_t* dst = out + (t * outer + o) * inner * words() + w;
-#if SNN_HAVE_AVX2
-    if (avx512) {
-      spike_pack::pack_columns_f32_avx512(src, k, inner, inner, dst, words());
-      return;
-    }
-    if (avx2) {
-      spike_pack::pack_columns_f32(src, k, inner, inner, dst, words());
-      return;
-    }
-#endif
-    (void)avx2;
-    (void)avx512;
-    spike_pack::pack_columns<float>(src, k, inner, inner, dst, words());
+    spike_pack::pack_columns_isa<float>(isa, spk + start(u), k, inner, inner,
+                                        out + (t * outer + o) * inner * words() + w, words());
   }
 };
 
@@ -1083,6 +1070,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_fwd_c
     if (column_pack.has_value()) {
       const ColumnPack& cp = *column_pack;
       uint32_t* out = reinterpret_cast<uint32_t*>(packed.data_ptr<int32_t>());
+      const int isa = avx512 ? 2 : avx2 ? 1 : 0;
       // Units of 32 features of one outer index (one packed word per position) are
       // contiguous neurons: run a few units through every step, then pack their spikes
       // while they are still in L2 (at most 512 KiB of them).
@@ -1094,7 +1082,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_fwd_c
           while (b < u1 && cp.end(b) - cp.start(a) <= limit) ++b;
           run(cp.start(a), cp.end(b - 1));
           for (int64_t t = 0; t < steps; ++t)
-            for (int64_t u = a; u < b; ++u) cp.pack(sp + t * N, t, u, avx2, avx512, out);
+            for (int64_t u = a; u < b; ++u) cp.pack(sp + t * N, t, u, isa, out);
           a = b;
         }
       });

@@ -208,24 +208,11 @@ int64_t pack_rows_block(const T* x, int64_t K, uint32_t* out, int64_t W, int64_t
 
 template <typename T>
 int64_t pack_columns_block(const T* x, int64_t K, int64_t inner, uint32_t* out, int64_t W, int64_t o,
-                           int64_t i0, int64_t i1, bool avx2, bool avx512) {
+                           int64_t i0, int64_t i1, int isa) {
   const T* src = x + o * K * inner + i0;
   uint32_t* dst = out + (o * inner + i0) * W;
   const int64_t n = i1 - i0;
-  int64_t bad;
-#if SNN_HAVE_AVX2
-  if constexpr (std::is_same_v<T, float>) {
-    bad = avx512 ? spike_pack::pack_columns_f32_avx512(src, K, inner, n, dst, W)
-          : avx2 ? spike_pack::pack_columns_f32(src, K, inner, n, dst, W)
-                 : spike_pack::pack_columns<T>(src, K, inner, n, dst, W);
-  } else {
-    bad = spike_pack::pack_columns<T>(src, K, inner, n, dst, W);
-  }
-#else
-  (void)avx2;
-  (void)avx512;
-  bad = spike_pack::pack_columns<T>(src, K, inner, n, dst, W);
-#endif
+  const int64_t bad = spike_pack::pack_columns_isa<T>(isa, src, K, inner, n, dst, W);
   if (bad < 0) return -1;
   const int64_t k = bad / n, i = bad % n;
   return o * K * inner + k * inner + i0 + i;  // flat offset in the contiguous [outer, K, inner]
@@ -256,7 +243,8 @@ at::Tensor pack_impl(const at::Tensor& spikes_in, int64_t dim, int64_t* nnz, con
     rows = inner == 1;
   }
   uint32_t* out = reinterpret_cast<uint32_t*>(packed.data_ptr<int32_t>());
-  const bool avx2 = use_avx2(), avx512 = use_avx512();
+  const bool avx2 = use_avx2();
+  const int isa = use_avx512() ? 2 : avx2 ? 1 : 0;
   std::atomic<int64_t> bad_flat{-1};
   std::atomic<int64_t> total{0};
   AT_DISPATCH_ALL_TYPES_AND(at::kBool, x.scalar_type(), "pack_spikes", [&] {
@@ -284,7 +272,7 @@ at::Tensor pack_impl(const at::Tensor& spikes_in, int64_t dim, int64_t* nnz, con
       parallel_pieces(outer * nblk, 1, [&](int64_t t0, int64_t t1) {
         for (int64_t t = t0; t < t1; ++t) {
           const int64_t o = t / nblk, i0 = (t % nblk) * blk, i1 = std::min(inner, i0 + blk);
-          const int64_t f = pack_columns_block<scalar_t>(src, K, inner, out, W, o, i0, i1, avx2, avx512);
+          const int64_t f = pack_columns_block<scalar_t>(src, K, inner, out, W, o, i0, i1, isa);
           if (f >= 0) {
             int64_t expect = -1;
             bad_flat.compare_exchange_strong(expect, f);

@@ -29,6 +29,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "cpu/simd.h"
 
@@ -260,6 +261,21 @@ SNN_AVX2 static inline void unpack_row_f32(const uint32_t* words, int64_t K, flo
 }
 
 #endif  // SNN_HAVE_AVX2
+
+// pack_columns on the kernel family `isa` (2 = AVX-512, 1 = AVX2, 0 = portable; float32
+// only, other types always portable): the one place callers choose a column packer.
+template <typename T>
+inline int64_t pack_columns_isa(int isa, const T* x, int64_t K, int64_t k_stride, int64_t n, uint32_t* out,
+                                int64_t out_stride) {
+#if SNN_HAVE_AVX2
+  if constexpr (std::is_same_v<T, float>) {
+    if (isa >= 2) return pack_columns_f32_avx512(x, K, k_stride, n, out, out_stride);
+    if (isa == 1) return pack_columns_f32(x, K, k_stride, n, out, out_stride);
+  }
+#endif
+  (void)isa;
+  return pack_columns<T>(x, K, k_stride, n, out, out_stride);
+}
 
 }  // namespace spike_pack
 }  // namespace snnops

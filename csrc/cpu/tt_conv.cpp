@@ -651,18 +651,7 @@ bool pack_rows(const Problem& pb, int64_t n, int64_t lo, int64_t hi, uint32_t* o
     }
   } else {
     const T* x = static_cast<const T*>(pb.spikes) + (n * pb.cin * pb.H + lo) * pb.W;
-#if SNN_HAVE_AVX2
-    if constexpr (std::is_same<T, float>::value) {
-      if (pb.isa == 2)
-        bad = spike_pack::pack_columns_f32_avx512(x, pb.cin, hw, count, out, pb.words);
-      else if (pb.isa == 1)
-        bad = spike_pack::pack_columns_f32(x, pb.cin, hw, count, out, pb.words);
-      else bad = spike_pack::pack_columns<T>(x, pb.cin, hw, count, out, pb.words);
-    } else
-#endif
-    {
-      bad = spike_pack::pack_columns<T>(x, pb.cin, hw, count, out, pb.words);
-    }
+    bad = spike_pack::pack_columns_isa<T>(pb.isa, x, pb.cin, hw, count, out, pb.words);
   }
   if (bad < 0) return true;
   const int64_t c = bad / count, i = bad % count;  // channel, pixel within the rows
