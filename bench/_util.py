@@ -1,8 +1,9 @@
 """Shared benchmark helpers: interleaved timing, copy bandwidth, tables, JSON.
 
 Rules (../shared/docs/PERFORMANCE.md): every claim is a ratio measured in one run;
-implementations run alternately, round after round (the order rotated each round),
-and we report the median of the per-round ratios.
+implementations run alternately, round after round (in orders where each follows
+every other equally often: snnops.cli.rounds), and we report the median of the
+per-round ratios.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import statistics
 import time
 
 import torch
+
+from snnops.cli.rounds import round_orders
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -41,8 +44,7 @@ def interleave(fns: dict, rounds=15, warmup=2, min_time=0.02, settle=0.0):
         for name in names:
             fns[name]()
     times = {name: [] for name in names}
-    for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
+    for order in round_orders(names, rounds):
         for name in order:
             if settle > 0:
                 timeit(fns[name], settle)

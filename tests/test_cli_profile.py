@@ -157,3 +157,19 @@ def test_command_line_exit_codes():
     assert proc.returncode == 2
     assert "snnops profile: error:" in proc.stderr and "too small" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("n", range(1, 9))
+def test_round_orders_balance_who_runs_before_whom(n):
+    from collections import Counter
+    from snnops.cli.rounds import round_orders, williams_rows
+    rows = williams_rows(n)
+    assert len(rows) == (2 * n if n % 2 else n)
+    assert all(sorted(r) == list(range(n)) for r in rows)
+    follows = Counter((r[i], r[i + 1]) for r in rows for i in range(n - 1))
+    # every ordered pair of distinct candidates equally often, every position equally often
+    assert len(follows) == n * (n - 1) and len(set(follows.values())) <= 1
+    assert len(set(Counter((x, i) for r in rows for i, x in enumerate(r)).values())) == 1
+    names = [f"m{i}" for i in range(n)]
+    orders = round_orders(names, 2 * len(rows) + 1)
+    assert orders[len(rows)] == orders[0] and all(sorted(o) == sorted(names) for o in orders)

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from . import CLIError
+from .rounds import round_orders
 
 # The TT-SNN paper's Table II (RTX 3090 Ti; time = forward+backward of one batch).
 PAPER = {
@@ -339,8 +340,8 @@ def measure(model_name, input_size, timesteps, batch_size, num_classes, ranks, s
     gc_was_enabled = gc.isenabled()
     gc.disable()  # a collection inside a timed step would land on one method by chance
     try:
-        for r in range(warmup + repeats):
-            order = methods[r % len(methods):] + methods[:r % len(methods)]  # rotate who goes first
+        # each method follows every other equally often (rounds.py)
+        for r, order in enumerate(round_orders(methods, warmup + repeats)):
             this_round = {}
             for key in order:
                 for _ in range(settle):
