@@ -75,15 +75,16 @@ def arg_parser(doc, shapes=None, rounds=15):
     return p
 
 
-def start(name, args):
-    """Sets the threads, prints the run's header and returns ``machine()`` with the load
-    average (the machine is shared: say how loaded it was)."""
+def start(name, args, detail=""):
+    """Sets the threads, prints the run's header (``detail`` appended) and returns
+    ``machine()`` with the load average (the machine is shared: say how loaded it was)."""
     import snnops
     torch.set_num_threads(args.threads)
     info = machine()
     info["load_average"] = os.getloadavg()
     print(f"snnops {name} benchmark: threads={info['threads']}, torch {info['torch']}, "
-          f"cpu kernels {snnops.cpu_isa()}, rounds={args.rounds}, load average {info['load_average'][0]:.1f}")
+          f"cpu kernels {snnops.cpu_isa()}, rounds={args.rounds}, load average {info['load_average'][0]:.1f}"
+          + (f", {detail}" if detail else ""))
     return info
 
 

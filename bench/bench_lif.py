@@ -11,7 +11,6 @@ implementation keeps for backward per neuron-step (counted from the autograd gra
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -146,19 +145,13 @@ def measure(shape_id, cfg_name, rounds=15, with_compile=True, settle=SETTLE):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    p = _util.arg_parser(__doc__, SHAPES)
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    p.add_argument("--rounds", type=int, default=15)
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile reference")
     p.add_argument("--settle", type=float, default=SETTLE,
                    help="seconds of untimed calls at the start of each implementation's turn")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    info = _util.machine()
-    print(f"snnops LIF benchmark: threads={info['threads']}, torch {info['torch']}, "
-          f"cpu kernels {snnops.cpu_isa()}, rounds={args.rounds}, settle={args.settle} s")
+    info = _util.start("LIF", args, f"settle={args.settle} s")
     rows = []
     for shape_id in args.shapes:
         for cfg_name in args.configs:

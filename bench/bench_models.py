@@ -11,7 +11,6 @@ bound it. Prints the median of per-round ratios (x > 1: the fused kernels faster
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -71,17 +70,10 @@ def measure(spec, mode="ptt", rounds=9):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=9)
-    p.add_argument("--threads", type=int, default=2)
+    p = _util.arg_parser(__doc__, rounds=9)
     p.add_argument("--mode", default="ptt", choices=("stt", "ptt", "htt"))
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    info = _util.machine()
-    info["load_average"] = os.getloadavg()  # the machine is shared: say how loaded it was
-    print(f"snnops MS-ResNet18 TT layers ({args.mode}, T={STEPS}, batch {BATCH}): threads={info['threads']}, "
-          f"cpu kernels {snnops.cpu_isa()}, rounds={args.rounds}, "
-          f"load average {info['load_average'][0]:.1f}")
+    info = _util.start(f"MS-ResNet18 TT layers ({args.mode}, T={STEPS}, batch {BATCH})", args)
     rows = [measure(spec, args.mode, args.rounds) for spec in layers()]
     cols = [("layer", "layer", "{}"), ("shape", "shape", "{}"), ("fused_ms", "fused ms", "{:.1f}"),
             ("onednn_ms", "oneDNN ms", "{:.1f}"), ("speedup", "x (oneDNN/fused)", "{:.2f}")]

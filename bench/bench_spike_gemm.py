@@ -15,7 +15,6 @@ against density in bench/results/.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -160,20 +159,12 @@ def plot(rows, path):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    p = _util.arg_parser(__doc__, SHAPES)
     p.add_argument("--densities", nargs="+", type=float, default=list(DENSITIES))
-    p.add_argument("--rounds", type=int, default=15)
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--paths", action="store_true", help="also time the bit-scan and dense paths forced")
     p.add_argument("--name", default="spike_gemm", help="name of the JSON / plot in bench/results")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    info = _util.machine()
-    info["load_average_start"] = os.getloadavg()  # the machine is shared: say how loaded it was
-    print(f"snnops spike GEMM benchmark: threads={info['threads']}, torch {info['torch']}, "
-          f"cpu kernels {snnops.cpu_isa()}, rounds={args.rounds}, "
-          f"load average {' '.join(f'{x:.2f}' for x in info['load_average_start'])}")
+    info = _util.start("spike GEMM", args)
     rows = []
     for shape_id in args.shapes:
         for density in args.densities:

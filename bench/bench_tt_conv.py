@@ -18,7 +18,6 @@ bit-packed, as snnops' blocks pass them from the LIF before the layer.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -205,18 +204,10 @@ def plot(rows, path, threads=2):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--shapes", nargs="+", default=SHAPES)
+    p = _util.arg_parser(__doc__, SHAPES, rounds=10)
     p.add_argument("--passes", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
-    p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    info = _util.machine()
-    info["load_average"] = os.getloadavg()  # the machine is shared: say how loaded it was
-    print(f"snnops TT conv benchmark: threads={info['threads']}, torch {info['torch']}, "
-          f"cpu kernels {snnops.cpu_isa()}, rounds={args.rounds}, "
-          f"load average {info['load_average'][0]:.1f}")
+    info = _util.start("TT conv", args)
     rows = []
     for shape_id in args.shapes:
         for mode in args.passes:
