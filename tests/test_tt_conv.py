@@ -407,6 +407,25 @@ def test_tt_conv_half_steps_in_bands(cpu_isa, threads, schedule, pool):
                                float_in=True)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("pool", [False, True])
+@pytest.mark.parametrize("float_in", [False, True])
+@pytest.mark.parametrize("n,hw", [(8, 16), (4, 40), (64, 16)], ids=str)
+def test_tt_conv_half_steps_sparse_and_dense_rows(cpu_isa, threads, pool, float_in, n, hw):
+    # On AVX-512, half steps send image rows with few spikes through the merged weight
+    # G4 G1 and the others through G1 then G4 (chosen per image row). Row densities
+    # spread over 0..0.5 (about 28 spikes a pixel of 128 is where the choice changes
+    # here) give runs of both kinds; whole-image units and bands of a 40x40 image; and
+    # (64 images) an output of 8 MiB, written with streaming stores.
+    density = torch.rand(n, 1, hw, 1) * 0.5
+    x = (torch.rand(n, 128, hw, hw) < density).float()
+    x[:, :, 0] = 0
+    x[:, :, 1] = 1
+    with num_threads(threads):
+        assert_tt_conv_matches(x, torch.randn(32, 128, 1, 1), *block_weights(32, 128, True), True,
+                               [True, False, False, True], pool, float_in=float_in)
+
+
 @pytest.mark.parametrize("parallel,schedule,pool", BLOCK_CASES, ids=lambda v: str(v))
 def test_tt_conv_float64_gradients(parallel, schedule, pool):
     # float64 always runs the portable C++ path (the AVX2 kernels are float32)

@@ -289,6 +289,8 @@ struct Packed {
   // the 16 sums of subsets of their G1^T rows, rows padded to `tab_width` floats.
   Buf<float> g1_tab;    // [tab_groups][16][tab_width]
   int64_t tab_groups = 0, tab_width = 0;
+  Buf<float> g41_t;     // [cin][cout] (G4 G1)^T for HTT half steps (pack_g41)
+  int64_t g41_most = -1;  // its use: pixels with at most this many spikes
 };
 
 template <typename T>
@@ -503,6 +505,46 @@ void g1_bits_generic(const Problem& pb, const T* g1_t, const uint32_t* A, int64_
   }
 }
 
+// HTT half steps, y = G4 (G1 s): a pixel with few spikes costs less as one scan of its
+// set bits over the rows of the merged weight (G4 G1)^T (Cout / 16 vector adds a spike)
+// than as G1 then G4 (G1's table loads, then r Cout multiply-adds). The forward sends
+// each pixel of a half step with at most `g41_most` spikes the merged way. Costs in
+// units of 10 ps a pixel, measured on half steps (AVX-512, one thread, Cin = Cout = 128,
+// r = 32, 16x16): merged ~1250 + 26 per vector add; G4 ~18.5 per r x vector
+// multiply-add; G1 as in use_table below. The merged weight is kept to 64 KiB, where
+// these were measured (L1 / L2).
+template <typename T>
+void pack_g41(const Problem& pb, Packed<T>& P) {
+  P.g41_most = -1;
+  if constexpr (std::is_same<T, float>::value) {
+    bool half = false;
+    for (uint8_t f : pb.full) half = half || !f;
+    if (!half || !pb.parallel || !pb.has_g4 || pb.bits == nullptr || pb.isa < 2 || pb.r1 != pb.r3 ||
+        pb.cout > 12 * 16 || pb.cin * pb.cout > 16 * 1024)
+      return;
+    const int64_t nv = ceil_div(pb.cout, 16);
+    const int64_t g4 = 185 * pb.r1 * nv / 10;
+    int64_t most;
+    if (P.tab_groups > 0) {  // G1 by tables: a fixed cost a pixel
+      most = (38 * P.tab_groups * P.tab_width / 16 + g4 - 1250) / (26 * nv);
+    } else {  // G1 by the scan, 1500 + 94 a spike: merged wins below a crossing, if any
+      most = 26 * nv <= 94 ? pb.cin : (250 + g4) / (26 * nv - 94);
+    }
+    most = std::min(most, pb.cin);
+    if (most < 1) return;
+    P.g41_most = most;
+    P.g41_t.alloc(pb.cin * pb.cout);
+    std::vector<const float*> arow(pb.cin);
+    std::vector<float*> crow(pb.cin);
+    for (int64_t c = 0; c < pb.cin; ++c) {
+      arow[c] = P.g1_t.data() + c * pb.r1;
+      crow[c] = P.g41_t.data() + c * pb.cout;
+    }
+    tt::gemm_rows<float>(pb.isa, pb.cin, pb.cout, pb.r1, arow.data(), 1, kZeroTap, 1, P.g4_f.data(), pb.cout,
+                         crow.data(), false);
+  }
+}
+
 // Whether the tables beat the bit scan on these rows. Measured per row (AVX-512, one
 // thread, half steps of 64 images): the scan ~15 ns plus ~0.94 ns per spike, the tables
 // ~0.38 ns per vector load. (Forward of half steps, scan -> table, density 0.1: Cin 64,
@@ -558,9 +600,11 @@ SNN_AVX512 void g1_table_rows_avx512(const float* tab, int64_t groups, const uin
 // place: NV vectors of accumulators (two sets, alternate spikes, when few vectors would
 // leave the adds waiting on each other). The packed spike GEMM it replaces here copied
 // its weight panel on every call, once per band: 360 KB per 48 pixels at r = 176.
+// With `stream`, streaming stores (out 64-byte aligned, r1 a multiple of 16; the
+// caller fences).
 template <int NV>
 SNN_AVX512 void g1_scan_rows_avx512(const float* g1t, int64_t r1, const uint32_t* A, int64_t words, int64_t R,
-                                    float* out) {
+                                    float* out, bool stream = false) {
   constexpr int S = NV <= 4 ? 2 : 1;
   const int64_t rem = r1 - 16 * (NV - 1);
   const __mmask16 tail = rem >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << rem) - 1);
@@ -586,7 +630,9 @@ SNN_AVX512 void g1_scan_rows_avx512(const float* g1t, int64_t r1, const uint32_t
     float* o = out + i * r1;
     for (int v = 0; v < NV; ++v) {
       const __m512 sum = S == 2 ? _mm512_add_ps(acc[0][v], acc[S - 1][v]) : acc[0][v];
-      if (v < NV - 1)
+      if (stream)
+        _mm512_stream_ps(o + 16 * v, sum);
+      else if (v < NV - 1)
         _mm512_storeu_ps(o + 16 * v, sum);
       else
         _mm512_mask_storeu_ps(o + 16 * v, tail, sum);
@@ -596,11 +642,11 @@ SNN_AVX512 void g1_scan_rows_avx512(const float* g1t, int64_t r1, const uint32_t
 
 template <int NV = 1>
 SNN_AVX512 void g1_scan_any_avx512(int64_t nv, const float* g1t, int64_t r1, const uint32_t* A, int64_t words,
-                                   int64_t R, float* out) {
+                                   int64_t R, float* out, bool stream = false) {
   if constexpr (NV < 12) {
-    if (nv > NV) return g1_scan_any_avx512<NV + 1>(nv, g1t, r1, A, words, R, out);
+    if (nv > NV) return g1_scan_any_avx512<NV + 1>(nv, g1t, r1, A, words, R, out, stream);
   }
-  g1_scan_rows_avx512<NV>(g1t, r1, A, words, R, out);
+  g1_scan_rows_avx512<NV>(g1t, r1, A, words, R, out, stream);
 }
 #endif
 
@@ -713,6 +759,64 @@ bool g1_band_compact(const Problem& pb, const Packed<T>& P, const Band& b, int64
   return true;
 }
 
+#if SNN_HAVE_AVX2
+// An HTT half step's band of tt_conv, y = G4 G1 s into yb ([pixels, cout], the band's
+// rows). Image rows whose pixels average at most P.g41_most spikes go by the merged
+// weight, the others by G1 then G4 (pack_g41). Chosen per image row, not per band, so
+// that the result does not depend on how the bands fall (the thread count); not per
+// pixel, whose mispredicted branches and scattered rows cost more than the choice
+// saved. Streaming stores for the merged rows when `stream`. Packs the float spikes
+// first when given; returns false after recording a non-binary spike.
+inline bool half_step_merged(const Problem& pb, const Packed<float>& P, const Band& b, int64_t n0, float* yb,
+                             bool stream, avec<float>& tmp, std::vector<int64_t>& runs, std::vector<float*>& rows,
+                             std::vector<float*>& yrow) {
+  const int64_t W = b.W, nrows = b.g * b.rows(), words = pb.words;
+  uint32_t* A = const_cast<uint32_t*>(pb.bits) + (n0 * b.H + b.h0) * W * words;
+  if (pb.spikes != nullptr)
+    for (int64_t j = 0; j < b.g; ++j)
+      if (!pack_rows<float>(pb, n0 + j, b.h0, b.h1, A + j * b.H * W * words)) return false;
+  const bool st = stream && pb.cout % 16 == 0 && reinterpret_cast<uintptr_t>(yb) % 64 == 0;
+  const int64_t nv = ceil_div(pb.cout, 16), most = P.g41_most * W;
+  auto merged_row = [&](int64_t k) {
+    return spike_kernels::popcount_words(A + k * W * words, W * words, true) <= most;
+  };
+  runs.clear();  // image rows [runs[2k], runs[2k+1]) that go by G1 then G4
+  bool next = nrows > 0 && merged_row(0);
+  for (int64_t k0 = 0; k0 < nrows;) {
+    const bool merged = next;
+    int64_t k1 = k0 + 1;
+    while (k1 < nrows && (next = merged_row(k1)) == merged) ++k1;
+    if (merged)
+      g1_scan_any_avx512(nv, P.g41_t.data(), pb.cout, A + k0 * W * words, words, (k1 - k0) * W,
+                         yb + k0 * W * pb.cout, st);
+    else {
+      runs.push_back(k0);
+      runs.push_back(k1);
+    }
+    k0 = k1;
+  }
+  if (runs.empty()) return true;
+  int64_t px = 0;
+  for (size_t r = 0; r < runs.size(); r += 2) px += (runs[r + 1] - runs[r]) * W;
+  tmp.resize(px * pb.r1);
+  rows.resize(px);
+  yrow.resize(px);
+  int64_t at = 0;
+  for (size_t r = 0; r < runs.size(); r += 2) {
+    const int64_t p0 = runs[r] * W, np = (runs[r + 1] - runs[r]) * W;
+    g1_from_bits<float>(pb, P, A + p0 * words, np, tmp.data() + at * pb.r1);
+    for (int64_t i = 0; i < np; ++i) {
+      rows[at + i] = tmp.data() + (at + i) * pb.r1;
+      yrow[at + i] = yb + (p0 + i) * pb.cout;
+    }
+    at += np;
+  }
+  gemm_rows<float>(pb.isa, px, pb.cout, pb.r1, rows.data(), 1, kZeroTap, 1, P.g4_f.data(), pb.cout, yrow.data(),
+                   false);
+  return true;
+}
+#endif
+
 // gemm_rows (one tap, ask 1) whose A rows are read in place from a tensor that is not
 // in cache, the incoming gradient of tt_conv's backward (G4^T). A tile of 8 rows
 // otherwise waits on each new line of its rows (the hardware prefetcher does not follow
@@ -752,6 +856,7 @@ template <typename T>
 struct FwdScratch {
   avec<T> opad, mid, p, ytile, tmp;
   std::vector<uint32_t> bits;
+  std::vector<int64_t> runs;
   std::vector<T*> arow, crow, prow;
 };
 
@@ -848,9 +953,14 @@ void pool_band(const Problem& pb, const Band& b, const T* ytile, T* out, uint8_t
 template <typename T>
 void block_forward(const Problem& pb, const Packed<T>& P, const View4<const T>& o, T* out, uint8_t* idx) {
   const int isa = pb.isa;
+  // Outputs of several MiB leave the cache anyway: the merged half steps write theirs
+  // with streaming stores, skipping the read of each line before it is written (as
+  // the spike GEMM does from 8 MiB).
+  const bool stream = !pb.pool && (double)pb.N * pb.H * pb.W * pb.cout * sizeof(T) >= 8.0 * 1024 * 1024;
   at::parallel_for(0, pb.units(), 1, [&](int64_t u0, int64_t u1) {
     FwdScratch<T> s;
     std::vector<T*> rows, yrow;
+    bool streamed = false;
     for (int64_t u = u0; u < u1; ++u) {
       int64_t n = 0;
       const Band b = pb.band(u, &n);
@@ -861,6 +971,21 @@ void block_forward(const Problem& pb, const Packed<T>& P, const View4<const T>& 
         // HTT half step of tt_conv: y = G4(G1 s) straight from a compact o, no padded
         // buffer to clear and fill (half / full step forward 0.655 -> 0.625x; Cin = Cout
         // = 128, r = 32, 128 images of 16x16, packed input, one thread).
+#if SNN_HAVE_AVX2
+        if constexpr (std::is_same<T, float>::value) {
+          if (P.g41_t.n > 0) {  // sparse image rows by the merged weight G4 G1
+            T* yb = dest;
+            if (pb.pool) {
+              s.ytile.resize(M * pb.cout);
+              yb = s.ytile.data();
+            }
+            if (!half_step_merged(pb, P, b, n, yb, stream, s.tmp, s.runs, rows, yrow)) continue;
+            streamed = streamed || stream;
+            if (pb.pool) pool_band<T>(pb, b, s.ytile.data(), out, idx, n);
+            continue;
+          }
+        }
+#endif
         s.tmp.resize(M * pb.r1);
         if (!g1_band_compact<T>(pb, P, b, n, s.tmp.data())) continue;
         compact_rows(rows, s.tmp.data(), pb.r1, M);
@@ -882,6 +1007,9 @@ void block_forward(const Problem& pb, const Packed<T>& P, const View4<const T>& 
       gemm_rows<T>(isa, M, pb.cout, pb.r3, rows.data(), 1, kZeroTap, 1, P.g4_f.data(), pb.cout, yrow.data(), false);
       if (pb.pool) pool_band<T>(pb, b, s.ytile.data(), out, idx, n);
     }
+#if SNN_HAVE_AVX2
+    if (streamed) _mm_sfence();
+#endif
   });
 }
 
@@ -1659,6 +1787,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tt_conv_cpu(
   AT_DISPATCH_FLOATING_TYPES(g1.scalar_type(), "tt_conv", [&] {
     auto P = pack_weights<scalar_t>(w2.contiguous(), w3.contiguous(), w4.contiguous(), parallel, true, false);
     pack_g1<scalar_t>(P, g1.contiguous());
+    pack_g41<scalar_t>(pb, P);
     block_forward<scalar_t>(pb, P, View4<const scalar_t>{nullptr, 0, 0, 0, 0}, y.data_ptr<scalar_t>(),
                             pool ? idx.data_ptr<uint8_t>() : nullptr);
   });
