@@ -409,9 +409,9 @@ def test_tt_conv_half_steps_in_bands(cpu_isa, threads, schedule, pool):
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("pool", [False, True])
-@pytest.mark.parametrize("float_in", [False, True])
+@pytest.mark.parametrize("spikes_in", ["packed", "float", "float channels-last"])
 @pytest.mark.parametrize("n,hw", [(8, 16), (4, 40), (64, 16)], ids=str)
-def test_tt_conv_half_steps_sparse_and_dense_rows(cpu_isa, threads, pool, float_in, n, hw):
+def test_tt_conv_half_steps_sparse_and_dense_rows(cpu_isa, threads, pool, spikes_in, n, hw):
     # On AVX-512, half steps send image rows with few spikes through the merged weight
     # G4 G1 and the others through G1 then G4 (chosen per image row). Row densities
     # spread over 0..0.5 (about 28 spikes a pixel of 128 is where the choice changes
@@ -421,9 +421,11 @@ def test_tt_conv_half_steps_sparse_and_dense_rows(cpu_isa, threads, pool, float_
     x = (torch.rand(n, 128, hw, hw) < density).float()
     x[:, :, 0] = 0
     x[:, :, 1] = 1
+    if spikes_in == "float channels-last":
+        x = x.contiguous(memory_format=torch.channels_last)
     with num_threads(threads):
         assert_tt_conv_matches(x, torch.randn(32, 128, 1, 1), *block_weights(32, 128, True), True,
-                               [True, False, False, True], pool, float_in=float_in)
+                               [True, False, False, True], pool, float_in=spikes_in != "packed")
 
 
 @pytest.mark.parametrize("parallel,schedule,pool", BLOCK_CASES, ids=lambda v: str(v))
