@@ -946,6 +946,10 @@ int64_t popcount_words(const uint32_t* w, int64_t n, bool fast) {
   return c;
 }
 
+void popcount_rows(const uint32_t* w, int64_t n, int64_t rows, int64_t* counts, bool fast) {
+  for (int64_t k = 0; k < rows; ++k) counts[k] = popcount_words(w + k * n, n, fast);
+}
+
 bool bits_avx512() {
 #if SNN_HAVE_AVX512
   static const bool has = [] {

@@ -129,6 +129,8 @@ int64_t pack_row(const float* x, int64_t K, uint32_t* words, bool avx2);
 
 // Set bits in w[0, n) (hardware popcnt when `fast`).
 int64_t popcount_words(const uint32_t* w, int64_t n, bool fast);
+// counts[k] = set bits in row k, w[k n, (k + 1) n), k < rows (one call for many short rows).
+void popcount_rows(const uint32_t* w, int64_t n, int64_t rows, int64_t* counts, bool fast);
 
 // True when the AVX2 bit kernels may run (AVX2+FMA and popcnt/BMI, not forced generic).
 bool bits_avx2();

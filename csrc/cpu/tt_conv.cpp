@@ -550,10 +550,11 @@ void pack_g41(const Problem& pb, Packed<T>& P) {
 // ~0.38 ns per vector load. (Forward of half steps, scan -> table, density 0.1: Cin 64,
 // r 16, 32x32: 2.68 -> 1.70 ms; Cin 128, r 16, 16x16: 1.26 -> 0.93; Cin 128, r 32:
 // 3.19 -> 2.75; density 0.02: about equal.)
-inline bool use_table(const uint32_t* A, int64_t words, int64_t R, int64_t loads_per_row) {
+// `spikes`: the rows' set bits when the caller has counted them, else -1.
+inline bool use_table(const uint32_t* A, int64_t words, int64_t R, int64_t loads_per_row, int64_t spikes = -1) {
   // The hardware popcount (the portable one calls libgcc's: 1.2% of a half-step layer).
   // Tables are only built for the AVX-512 kernels, on CPUs that all have POPCNT and BMI.
-  const int64_t spikes = spike_kernels::popcount_words(A, R * words, true);
+  if (spikes < 0) spikes = spike_kernels::popcount_words(A, R * words, true);
   return 38 * loads_per_row * R <= 1500 * R + 94 * spikes;
 }
 
@@ -651,10 +652,11 @@ SNN_AVX512 void g1_scan_any_avx512(int64_t nv, const float* g1t, int64_t r1, con
 #endif
 
 template <typename T>
-void g1_from_bits(const Problem& pb, const Packed<T>& P, const uint32_t* A, int64_t R, T* out) {
+void g1_from_bits(const Problem& pb, const Packed<T>& P, const uint32_t* A, int64_t R, T* out,
+                  int64_t spikes = -1) {
 #if SNN_HAVE_AVX2
   if constexpr (std::is_same<T, float>::value) {
-    if (P.tab_groups > 0 && use_table(A, pb.words, R, P.tab_groups * P.tab_width / 16)) {
+    if (P.tab_groups > 0 && use_table(A, pb.words, R, P.tab_groups * P.tab_width / 16, spikes)) {
       if (P.tab_width == 16)
         g1_table_rows_avx512<1>(P.g1_tab.data(), P.tab_groups, A, pb.words, R, pb.r1, out);
       else
@@ -759,6 +761,14 @@ bool g1_band_compact(const Problem& pb, const Packed<T>& P, const Band& b, int64
   return true;
 }
 
+template <typename T>
+struct FwdScratch {
+  avec<T> opad, mid, p, ytile, tmp;
+  std::vector<uint32_t> bits;
+  std::vector<int64_t> counts, runs;  // half_step_merged
+  std::vector<T*> arow, crow, prow;
+};
+
 #if SNN_HAVE_AVX2
 // An HTT half step's band of tt_conv, y = G4 G1 s into yb ([pixels, cout], the band's
 // rows). Image rows whose pixels average at most P.g41_most spikes go by the merged
@@ -768,51 +778,52 @@ bool g1_band_compact(const Problem& pb, const Packed<T>& P, const Band& b, int64
 // saved. Streaming stores for the merged rows when `stream`. Packs the float spikes
 // first when given; returns false after recording a non-binary spike.
 inline bool half_step_merged(const Problem& pb, const Packed<float>& P, const Band& b, int64_t n0, float* yb,
-                             bool stream, avec<float>& tmp, std::vector<int64_t>& runs, std::vector<float*>& rows,
-                             std::vector<float*>& yrow) {
+                             bool stream, FwdScratch<float>& s) {
   const int64_t W = b.W, nrows = b.g * b.rows(), words = pb.words;
   uint32_t* A = const_cast<uint32_t*>(pb.bits) + (n0 * b.H + b.h0) * W * words;
   if (pb.spikes != nullptr)
     for (int64_t j = 0; j < b.g; ++j)
       if (!pack_rows<float>(pb, n0 + j, b.h0, b.h1, A + j * b.H * W * words)) return false;
+  if (nrows == 0 || W == 0) return true;
   const bool st = stream && pb.cout % 16 == 0 && reinterpret_cast<uintptr_t>(yb) % 64 == 0;
   const int64_t nv = ceil_div(pb.cout, 16), most = P.g41_most * W;
-  auto merged_row = [&](int64_t k) {
-    return spike_kernels::popcount_words(A + k * W * words, W * words, true) <= most;
-  };
-  runs.clear();  // image rows [runs[2k], runs[2k+1]) that go by G1 then G4
-  bool next = nrows > 0 && merged_row(0);
-  for (int64_t k0 = 0; k0 < nrows;) {
-    const bool merged = next;
-    int64_t k1 = k0 + 1;
-    while (k1 < nrows && (next = merged_row(k1)) == merged) ++k1;
-    if (merged)
-      g1_scan_any_avx512(nv, P.g41_t.data(), pb.cout, A + k0 * W * words, words, (k1 - k0) * W,
-                         yb + k0 * W * pb.cout, st);
-    else {
-      runs.push_back(k0);
-      runs.push_back(k1);
+  s.counts.resize(nrows);
+  spike_kernels::popcount_rows(A, W * words, nrows, s.counts.data(), true);
+  // Runs of image rows [runs[3k], runs[3k+1]) that go by G1 then G4, with their spikes
+  // (counted once: G1 chooses its tables or its scan by them).
+  s.runs.clear();
+  int64_t k0 = 0, spikes = 0, px = 0;
+  for (int64_t k = 0; k <= nrows; ++k) {
+    const bool merged = s.counts[k0] <= most;
+    if (k == nrows || (s.counts[k] <= most) != merged) {  // the run [k0, k) ends
+      if (merged) {
+        g1_scan_any_avx512(nv, P.g41_t.data(), pb.cout, A + k0 * W * words, words, (k - k0) * W,
+                           yb + k0 * W * pb.cout, st);
+      } else {
+        s.runs.insert(s.runs.end(), {k0, k, spikes});
+        px += (k - k0) * W;
+      }
+      k0 = k;
+      spikes = 0;
     }
-    k0 = k1;
+    if (k < nrows) spikes += s.counts[k];
   }
-  if (runs.empty()) return true;
-  int64_t px = 0;
-  for (size_t r = 0; r < runs.size(); r += 2) px += (runs[r + 1] - runs[r]) * W;
-  tmp.resize(px * pb.r1);
-  rows.resize(px);
-  yrow.resize(px);
-  int64_t at = 0;
-  for (size_t r = 0; r < runs.size(); r += 2) {
-    const int64_t p0 = runs[r] * W, np = (runs[r + 1] - runs[r]) * W;
-    g1_from_bits<float>(pb, P, A + p0 * words, np, tmp.data() + at * pb.r1);
+  if (px == 0) return true;
+  s.tmp.resize(px * pb.r1);
+  s.arow.resize(px);
+  s.crow.resize(px);
+  int64_t done = 0;
+  for (size_t r = 0; r < s.runs.size(); r += 3) {
+    const int64_t p0 = s.runs[r] * W, np = (s.runs[r + 1] - s.runs[r]) * W;
+    g1_from_bits<float>(pb, P, A + p0 * words, np, s.tmp.data() + done * pb.r1, s.runs[r + 2]);
     for (int64_t i = 0; i < np; ++i) {
-      rows[at + i] = tmp.data() + (at + i) * pb.r1;
-      yrow[at + i] = yb + (p0 + i) * pb.cout;
+      s.arow[done + i] = s.tmp.data() + (done + i) * pb.r1;
+      s.crow[done + i] = yb + (p0 + i) * pb.cout;
     }
-    at += np;
+    done += np;
   }
-  gemm_rows<float>(pb.isa, px, pb.cout, pb.r1, rows.data(), 1, kZeroTap, 1, P.g4_f.data(), pb.cout, yrow.data(),
-                   false);
+  gemm_rows<float>(pb.isa, px, pb.cout, pb.r1, s.arow.data(), 1, kZeroTap, 1, P.g4_f.data(), pb.cout,
+                   s.crow.data(), false);
   return true;
 }
 #endif
@@ -852,14 +863,6 @@ void gemm_rows_streamed(int isa, int64_t M, int64_t N, int64_t K, T* const* arow
 }
 
 // ---------------------------------------------------------------- forward
-template <typename T>
-struct FwdScratch {
-  avec<T> opad, mid, p, ytile, tmp;
-  std::vector<uint32_t> bits;
-  std::vector<int64_t> runs;
-  std::vector<T*> arow, crow, prow;
-};
-
 // The rank-r result of the middle of the block for the band (PTT, STT, or the input
 // itself at a half step), as row pointers in `rows` (one per pixel, row-major).
 template <typename T>
@@ -979,7 +982,7 @@ void block_forward(const Problem& pb, const Packed<T>& P, const View4<const T>& 
               s.ytile.resize(M * pb.cout);
               yb = s.ytile.data();
             }
-            if (!half_step_merged(pb, P, b, n, yb, stream, s.tmp, s.runs, rows, yrow)) continue;
+            if (!half_step_merged(pb, P, b, n, yb, stream, s)) continue;
             streamed = streamed || stream;
             if (pb.pool) pool_band<T>(pb, b, s.ytile.data(), out, idx, n);
             continue;
