@@ -290,7 +290,7 @@ struct Packed {
   Buf<float> g1_tab;    // [tab_groups][16][tab_width]
   int64_t tab_groups = 0, tab_width = 0;
   Buf<float> g41_t;     // [cin][cout] (G4 G1)^T for HTT half steps (pack_g41)
-  int64_t g41_most = -1;  // its use: pixels with at most this many spikes
+  int64_t g41_most = -1;  // used for image rows averaging at most this many spikes a pixel
 };
 
 template <typename T>
@@ -508,7 +508,8 @@ void g1_bits_generic(const Problem& pb, const T* g1_t, const uint32_t* A, int64_
 // HTT half steps, y = G4 (G1 s): a pixel with few spikes costs less as one scan of its
 // set bits over the rows of the merged weight (G4 G1)^T (Cout / 16 vector adds a spike)
 // than as G1 then G4 (G1's table loads, then r Cout multiply-adds). The forward sends
-// each pixel of a half step with at most `g41_most` spikes the merged way. Costs in
+// each image row of a half step whose pixels average at most `g41_most` spikes the
+// merged way (half_step_merged). Costs in
 // units of 10 ps a pixel, measured on half steps (AVX-512, one thread, Cin = Cout = 128,
 // r = 32, 16x16): merged ~1250 + 26 per vector add; G4 ~18.5 per r x vector
 // multiply-add; G1 as in use_table below. The merged weight is kept to 64 KiB, where
