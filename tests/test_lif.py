@@ -125,6 +125,28 @@ def test_gradients_equal_on_every_cpu_path(monkeypatch, surrogate, steps, detach
         assert torch.equal(grad, grads["generic"]), isa
 
 
+@pytest.mark.parametrize("surrogate", SURROGATES)
+@pytest.mark.parametrize("v_reset", [-0.2, None], ids=["hard-0.2", "soft"])
+def test_gradients_equal_on_every_cpu_path_tau_form(monkeypatch, surrogate, v_reset):
+    # The AVX-512 recompute backward has a second form for h = decay * v + x with a
+    # reset to 0 (above); here the general one (input scale 1/tau, a non-zero bias),
+    # T = 16 so that its blocked walk runs, with a starting membrane.
+    x = (torch.randn(16, 3, 40, 37) * 0.8).requires_grad_()
+    v0 = (torch.randn(3, 40, 37) * 0.3).requires_grad_()
+    g = torch.randn_like(x)
+    grads = {}
+    for isa in ("avx512", "avx2", "generic"):
+        monkeypatch.setenv("SNNOPS_CPU_ISA", isa)
+        if snnops.cpu_isa() != isa:
+            continue
+        s, _ = snnops.lif(x, v0, tau=1.5, decay_input=True, v_threshold=0.3, v_reset=v_reset,
+                          surrogate=surrogate, detach_reset=False)
+        grads[isa] = torch.autograd.grad(s, (x, v0), g)
+    assert "generic" in grads
+    for isa, grad in grads.items():
+        assert all(torch.equal(a, b) for a, b in zip(grad, grads["generic"])), isa
+
+
 def test_spike_on_the_threshold_fires():
     # h == v_threshold exactly must fire (h >= v_th), in both kernels and reference.
     x = torch.tensor([[0.5, 0.49999997, 0.50000006]])

@@ -778,8 +778,15 @@ SNN_AVX512 static inline __m512 surrogate512(const Sg512 k, __m512 u) {
   }
 }
 
-// dv/dh at a recompute step (the portable dv_dh), the reset flags as locals.
+// dv/dh at a recompute step (the portable dv_dh), the reset flags as locals. With
+// Plain (v_reset = 0), d + (0 - h) * sg is computed as d - h * sg: the same value bit for
+// bit (negation is exact), one operation fewer.
+template <bool Plain = false>
 SNN_AVX512 static inline __m512 dv_dh512(bool hard, bool detach, const Vec512 q, __m512 h, __m512 sg) {
+  if (hard && Plain) {
+    const __m512 d = _mm512_maskz_mov_ps((__mmask16)~_mm512_cmp_ps_mask(h, q.vth, _CMP_GE_OQ), q.one);
+    return detach ? d : _mm512_sub_ps(d, _mm512_mul_ps(h, sg));
+  }
   if (hard) {
     const __m512 d = _mm512_maskz_mov_ps((__mmask16)~_mm512_cmp_ps_mask(h, q.vth, _CMP_GE_OQ), q.one);
     return detach ? d : _mm512_add_ps(d, _mm512_mul_ps(_mm512_sub_ps(q.vr, h), sg));
@@ -835,7 +842,35 @@ SNN_AVX512 void bwd_recompute_regs_avx512(const LifParams& p, const float* x, co
 // (0.96-0.99x). The AVX2 kernel's larger blocks gained nothing from it (1.00-1.10x).
 constexpr int64_t kRebuildRun = 256;
 
-template <int SG>
+// One rebuild run of kRebuildRun neurons (r0 .. r0 + kRebuildRun of the block at a0)
+// through every step, the membrane in 16 registers instead of an L1 buffer: no load and
+// store of it per vector. Plain: input_scale 1 and bias 0, so h = v * decay + x (the
+// dropped * 1 and + 0 change no value but the sign of a zero h, which no later result
+// sees).
+template <bool Plain, bool Hard>
+SNN_AVX512 static inline void rebuild_run512(const Vec512 q, const float* x, const float* v0, float* hist,
+                                             int64_t steps, int64_t N, int64_t blk, int64_t a0, int64_t r0) {
+  constexpr int V = kRebuildRun / 16;
+  __m512 v[V];
+  for (int j = 0; j < V; ++j) v[j] = v0 ? _mm512_loadu_ps(v0 + a0 + r0 + 16 * j) : _mm512_setzero_ps();
+  for (int64_t t = 0; t < steps; ++t) {
+    const float* xt = x + t * N + a0 + r0;
+    float* ht = hist + t * blk + r0;
+    const bool next = t + 1 < steps;
+#pragma GCC unroll 16
+    for (int j = 0; j < V; ++j) {
+      if (next) _mm_prefetch(reinterpret_cast<const char*>(xt + N + 16 * j), _MM_HINT_T0);
+      const __m512 xv = _mm512_loadu_ps(xt + 16 * j);
+      const __m512 h = Plain ? _mm512_add_ps(_mm512_mul_ps(v[j], q.lam), xv)
+                             : _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(v[j], q.lam), _mm512_mul_ps(xv, q.c)), q.b);
+      _mm512_store_ps(ht + 16 * j, h);
+      const __mmask16 m = _mm512_cmp_ps_mask(h, q.vth, _CMP_GE_OQ);
+      v[j] = Hard ? _mm512_mask_mov_ps(h, m, q.vr) : _mm512_mask_sub_ps(h, m, h, q.vth);
+    }
+  }
+}
+
+template <int SG, bool Plain>
 SNN_AVX512 void bwd_recompute_avx512(const LifParams& p, const float* x, const float* v0, const float* g_spk,
                                      const float* g_vlast, const float* g_mem, float* gx, float* gv0, int64_t steps,
                                      int64_t N, int64_t n0, int64_t n1) {
@@ -848,16 +883,24 @@ SNN_AVX512 void bwd_recompute_avx512(const LifParams& p, const float* x, const f
   // lif-T16 within noise; 256 and 128 no better.
   const int64_t blk = steps >= 4 ? std::min<int64_t>(512, recompute_block(steps, sizeof(float)))
                                  : recompute_block(steps, sizeof(float));
-  std::vector<float> hist_buf(steps * blk), v_buf(blk), g_buf(blk);
-  float *hist = hist_buf.data(), *v = v_buf.data(), *g = g_buf.data();
+  // 64-byte aligned: a vector load or store of a malloc'ed (16-byte aligned) buffer spans
+  // two cache lines.
+  std::vector<float> buf(steps * blk + 2 * blk + 16);
+  float* hist = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t(63));
+  float *v = hist + steps * blk, *g = v + blk;
   for (int64_t a0 = n0; a0 < n1; a0 += blk) {
     const int64_t len = std::min(blk, n1 - a0);
     const int64_t vec = len / 16 * 16;
-    if (v0) std::memcpy(v, v0 + a0, len * sizeof(float));
-    else std::memset(v, 0, len * sizeof(float));
     // The rebuild walks the block kRebuildRun neurons at a time through every step; the
     // backward below keeps whole-block row runs.
-    for (int64_t r0 = 0; r0 < vec; r0 += kRebuildRun) {
+    int64_t r0 = 0;
+    for (; r0 + kRebuildRun <= vec; r0 += kRebuildRun) {
+      if (hard) rebuild_run512<Plain, true>(q, x, v0, hist, steps, N, blk, a0, r0);
+      else rebuild_run512<Plain, false>(q, x, v0, hist, steps, N, blk, a0, r0);
+    }
+    if (v0) std::memcpy(v + r0, v0 + a0 + r0, (len - r0) * sizeof(float));
+    else std::memset(v + r0, 0, (len - r0) * sizeof(float));
+    for (; r0 < vec; r0 += kRebuildRun) {
       const int64_t r1 = std::min(vec, r0 + kRebuildRun);
       for (int64_t t = 0; t < steps; ++t) {
         const float* xt = x + t * N + a0;
@@ -888,14 +931,14 @@ SNN_AVX512 void bwd_recompute_avx512(const LifParams& p, const float* x, const f
                                      t > 0 ? gx + nxt + i : nullptr);
         const __m512 h = _mm512_loadu_ps(ht + i);
         const __m512 sg = surrogate512<SG>(k, _mm512_sub_ps(h, q.vth));
-        const __m512 dvdh = dv_dh512(hard, detach, q, h, sg);
-        // bwd_step's arithmetic, in its order
+        const __m512 dvdh = dv_dh512<Plain>(hard, detach, q, h, sg);
+        // bwd_step's arithmetic, in its order (Plain: gh * 1 left out)
         __m512 gv = _mm512_loadu_ps(g + i);
         if (g_vlast && last) gv = _mm512_add_ps(gv, _mm512_loadu_ps(g_vlast + a0 + i));
         if (g_mem) gv = _mm512_add_ps(gv, _mm512_loadu_ps(g_mem + off + i));
         __m512 gh = _mm512_mul_ps(gv, dvdh);
         if (g_spk) gh = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(g_spk + off + i), sg), gh);
-        _mm512_storeu_ps(gx + off + i, _mm512_mul_ps(gh, q.c));
+        _mm512_storeu_ps(gx + off + i, Plain ? gh : _mm512_mul_ps(gh, q.c));
         _mm512_storeu_ps(g + i, _mm512_mul_ps(gh, q.lam));
       }
       if (vec < len) recompute_grad_lanes<float>(p, ht, g_spk, g_vlast, g_mem, gx, g, t, steps, N, a0, vec, len);
@@ -1186,6 +1229,9 @@ std::tuple<at::Tensor, at::Tensor> lif_bwd_cpu(
     float* gxp = gx.data_ptr<float>();
     float* g0p = has_v0 ? gv0.data_ptr<float>() : nullptr;
     const bool avx2 = use_avx2(), avx512 = use_avx512();
+    // The papers' form (h = decay * v + x, reset to 0): the AVX-512 recompute backward
+    // drops its multiplications by 1 and additions of 0.
+    const bool plain = (float)p.input_scale == 1.0f && (float)p.bias == 0.0f && (float)p.v_reset == 0.0f;
     at::parallel_for(0, ceil_div(N, 64), group_grain(steps), [&](int64_t g0, int64_t g1) {
       const int64_t n0 = g0 * 64, n1 = std::min(N, g1 * 64);
 #if SNN_HAVE_AVX2
@@ -1199,7 +1245,8 @@ std::tuple<at::Tensor, at::Tensor> lif_bwd_cpu(
           });
         else
           with_surrogate(p, [&](auto SG) {
-            bwd_recompute_avx512<SG()>(p, xp, vp, gsp, gvp, gmp, gxp, g0p, steps, N, n0, n1);
+            if (plain) bwd_recompute_avx512<SG(), true>(p, xp, vp, gsp, gvp, gmp, gxp, g0p, steps, N, n0, n1);
+            else bwd_recompute_avx512<SG(), false>(p, xp, vp, gsp, gvp, gmp, gxp, g0p, steps, N, n0, n1);
           });
         return;
       }
