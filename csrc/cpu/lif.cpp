@@ -875,7 +875,7 @@ SNN_AVX512 static inline void rebuild_run512(const Vec512 q, const float* x, con
       const __m512 xv = _mm512_loadu_ps(xt + 16 * j);
       const __m512 h = Plain ? _mm512_add_ps(_mm512_mul_ps(v[j], q.lam), xv)
                              : _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(v[j], q.lam), _mm512_mul_ps(xv, q.c)), q.b);
-      _mm512_store_ps(ht + 16 * j, h);
+      _mm512_storeu_ps(ht + 16 * j, h);
       const __mmask16 m = _mm512_cmp_ps_mask(h, q.vth, _CMP_GE_OQ);
       v[j] = Hard ? _mm512_mask_mov_ps(h, m, q.vr) : _mm512_mask_sub_ps(h, m, h, q.vth);
     }
@@ -893,7 +893,8 @@ SNN_AVX512 void bwd_recompute_avx512(const LifParams& p, const float* x, const f
   // and the carried gradient then share L1 with the streamed rows. lif-T4 ATan backward
   // alone, interleaved: 0.93-0.96x the time of 1024-neuron blocks (1 and 2 threads);
   // lif-T16 within noise; 256 and 128 no better.
-  const int64_t blk = steps >= 4 ? std::min<int64_t>(512, recompute_block(steps, sizeof(float)))
+  // Whole vectors, so that every history row starts on a cache line (T = 77 gave 424).
+  const int64_t blk = steps >= 4 ? std::max<int64_t>(16, std::min<int64_t>(512, recompute_block(steps, sizeof(float))) / 16 * 16)
                                  : recompute_block(steps, sizeof(float));
   AlignedScratch scratch((steps + 2) * blk);
   float* hist = scratch.get();
