@@ -102,6 +102,20 @@ def test_gradcheck_float64(cpu_isa, v_reset):
     assert torch.autograd.gradcheck(f, (x, v0), eps=1e-6, atol=1e-7)
 
 
+def assert_same_gradients_on_every_cpu_path(monkeypatch, grads_of):
+    """grads_of() -> tuple of gradients, run on the AVX-512, AVX2 and portable paths this
+    machine has; all must be equal bit for bit."""
+    grads = {}
+    for isa in ("avx512", "avx2", "generic"):
+        monkeypatch.setenv("SNNOPS_CPU_ISA", isa)
+        if snnops.cpu_isa() != isa:
+            continue
+        grads[isa] = grads_of()
+    assert "generic" in grads
+    for isa, grad in grads.items():
+        assert all(torch.equal(a, b) for a, b in zip(grad, grads["generic"])), isa
+
+
 @pytest.mark.parametrize("surrogate", SURROGATES)
 @pytest.mark.parametrize("steps", [3, 16])
 @pytest.mark.parametrize("detach_reset", [True, False], ids=["detached", "attached"])
@@ -113,17 +127,12 @@ def test_gradients_equal_on_every_cpu_path(monkeypatch, surrogate, steps, detach
     # gradients are the same bit for bit on every CPU path this machine has.
     x = (torch.randn(steps, 3, 40, 37) * 0.8).requires_grad_()
     g = torch.randn_like(x)
-    grads = {}
-    for isa in ("avx512", "avx2", "generic"):
-        monkeypatch.setenv("SNNOPS_CPU_ISA", isa)
-        if snnops.cpu_isa() != isa:
-            continue
+
+    def grads_of():
         s, _ = snnops.lif(x, decay=0.25, v_threshold=0.5, v_reset=v_reset, surrogate=surrogate,
                           detach_reset=detach_reset)
-        grads[isa] = torch.autograd.grad(s, x, g)[0]
-    assert "generic" in grads
-    for isa, grad in grads.items():
-        assert torch.equal(grad, grads["generic"]), isa
+        return torch.autograd.grad(s, x, g)
+    assert_same_gradients_on_every_cpu_path(monkeypatch, grads_of)
 
 
 @pytest.mark.parametrize("surrogate", SURROGATES)
@@ -135,17 +144,12 @@ def test_gradients_equal_on_every_cpu_path_tau_form(monkeypatch, surrogate, v_re
     x = (torch.randn(16, 3, 40, 37) * 0.8).requires_grad_()
     v0 = (torch.randn(3, 40, 37) * 0.3).requires_grad_()
     g = torch.randn_like(x)
-    grads = {}
-    for isa in ("avx512", "avx2", "generic"):
-        monkeypatch.setenv("SNNOPS_CPU_ISA", isa)
-        if snnops.cpu_isa() != isa:
-            continue
+
+    def grads_of():
         s, _ = snnops.lif(x, v0, tau=1.5, decay_input=True, v_threshold=0.3, v_reset=v_reset,
                           surrogate=surrogate, detach_reset=False)
-        grads[isa] = torch.autograd.grad(s, (x, v0), g)
-    assert "generic" in grads
-    for isa, grad in grads.items():
-        assert all(torch.equal(a, b) for a, b in zip(grad, grads["generic"])), isa
+        return torch.autograd.grad(s, (x, v0), g)
+    assert_same_gradients_on_every_cpu_path(monkeypatch, grads_of)
 
 
 def test_spike_on_the_threshold_fires():
