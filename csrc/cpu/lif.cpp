@@ -894,8 +894,8 @@ SNN_AVX512 void bwd_recompute_avx512(const LifParams& p, const float* x, const f
   // alone, interleaved: 0.93-0.96x the time of 1024-neuron blocks (1 and 2 threads);
   // lif-T16 within noise; 256 and 128 no better.
   // Whole vectors, so that every history row starts on a cache line (T = 77 gave 424).
-  const int64_t blk = steps >= 4 ? std::max<int64_t>(16, std::min<int64_t>(512, recompute_block(steps, sizeof(float))) / 16 * 16)
-                                 : recompute_block(steps, sizeof(float));
+  const int64_t budget = recompute_block(steps, sizeof(float));
+  const int64_t blk = steps >= 4 ? std::max<int64_t>(16, std::min<int64_t>(512, budget) / 16 * 16) : budget;
   AlignedScratch scratch((steps + 2) * blk);
   float* hist = scratch.get();
   float *v = hist + steps * blk, *g = v + blk;
