@@ -792,13 +792,10 @@ SNN_AVX512 static inline __m512 surrogate512(const Sg512 k, __m512 u) {
 // bit (negation is exact), one operation fewer.
 template <bool Plain = false>
 SNN_AVX512 static inline __m512 dv_dh512(bool hard, bool detach, const Vec512 q, __m512 h, __m512 sg) {
-  if (hard && Plain) {
-    const __m512 d = _mm512_maskz_mov_ps((__mmask16)~_mm512_cmp_ps_mask(h, q.vth, _CMP_GE_OQ), q.one);
-    return detach ? d : _mm512_sub_ps(d, _mm512_mul_ps(h, sg));
-  }
   if (hard) {
     const __m512 d = _mm512_maskz_mov_ps((__mmask16)~_mm512_cmp_ps_mask(h, q.vth, _CMP_GE_OQ), q.one);
-    return detach ? d : _mm512_add_ps(d, _mm512_mul_ps(_mm512_sub_ps(q.vr, h), sg));
+    if (detach) return d;
+    return Plain ? _mm512_sub_ps(d, _mm512_mul_ps(h, sg)) : _mm512_add_ps(d, _mm512_mul_ps(_mm512_sub_ps(q.vr, h), sg));
   }
   return detach ? q.one : _mm512_sub_ps(q.one, _mm512_mul_ps(q.vth, sg));
 }
