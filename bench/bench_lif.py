@@ -1,5 +1,6 @@
 """LIF forward+backward: snnops against the plain PyTorch loop, the same loop under
-torch.compile, and SpikingJelly's LIFNode (when installed), interleaved in one run.
+torch.compile, and, when installed (scripts/install-references.sh), SpikingJelly's
+LIFNode, snnTorch's Leaky and Norse's LIFBoxCell, interleaved in one run.
 
     python bench/bench_lif.py [--rounds N] [--threads N] [--shapes lif-T4 lif-T16]
     pytest bench/bench_lif.py --benchmark-json=bench/results/lif-pytest.json
@@ -7,7 +8,8 @@ torch.compile, and SpikingJelly's LIFNode (when installed), interleaved in one r
 Prints, per reference shape and neuron configuration, the median of per-round time
 ratios (reference / snnops: > 1 means snnops is faster), snnops' achieved bandwidth
 against the machine's copy bandwidth measured in the same run, and the bits each
-implementation keeps for backward per neuron-step (counted from the autograd graph).
+implementation keeps for backward per neuron-step (counted from the autograd graph), and
+how many of each reference's forward spikes differ from ours for the same neuron.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import os
 import statistics
 import sys
 import time
+import weakref
 
 import torch
 
@@ -60,22 +63,96 @@ def _spikingjelly(cfg):
     def run(x):
         node.reset()
         return node(x), None
-    return run
+    return run, None
+
+
+def _snntorch(cfg):
+    # Leaky with reset to zero is h = beta * v + x, as ours, stepped over time the way
+    # snnTorch's tutorials do. Its reset is always detached and it has no rectangular
+    # surrogate: ATan (its default) in both configurations.
+    try:
+        import snntorch
+        from snntorch import surrogate as snn_surrogate
+    except Exception:
+        return None
+    assert cfg["v_reset"] == 0.0
+    node = snntorch.Leaky(beta=cfg["decay"], threshold=cfg["v_threshold"], reset_mechanism="zero",
+                          spike_grad=snn_surrogate.atan(alpha=2.0))
+
+    def run(x):
+        mem = node.init_leaky()
+        spikes = []
+        for t in range(x.shape[0]):
+            spk, mem = node(x[t], mem)
+            spikes.append(spk)
+        return torch.stack(spikes), mem
+    return run, None
+
+
+def _norse(cfg):
+    # LIFBoxCell is Norse's LIF without a synaptic current, one Euler step per call:
+    # h = v + k * (x - v) with k = dt / tau_mem, SpikingJelly's decay_input form, so it
+    # is compared with ours in that form (tau = 1 / k). Its reset is attached; SuperSpike
+    # (its default) stands in for the surrogate, with no rectangular one to choose.
+    try:
+        from norse.torch import LIFBoxCell, LIFBoxParameters
+    except Exception:
+        return None
+    dt, k = 1e-3, 1.0 - cfg["decay"]
+    cell = LIFBoxCell(LIFBoxParameters(tau_mem_inv=torch.as_tensor(k / dt), v_th=torch.as_tensor(cfg["v_threshold"]),
+                                       v_reset=torch.as_tensor(cfg["v_reset"]), method="super"), dt=dt)
+
+    def run(x):
+        state, spikes = None, []
+        for t in range(x.shape[0]):
+            z, state = cell(x[t], state)
+            spikes.append(z)
+        return torch.stack(spikes), state.v
+    twin = {key: val for key, val in cfg.items() if key != "decay"}
+    return run, dict(twin, tau=1.0 / k, decay_input=True)
+
+
+# Other SNN libraries, when installed (scripts/install-references.sh): name -> maker of
+# (run, the snnops arguments of the same forward).
+LIBRARIES = {"SpikingJelly LIFNode": _spikingjelly, "snnTorch Leaky": _snntorch, "Norse LIFBoxCell": _norse}
+SHORT = {"torch loop": "loop", "torch.compile loop": "compile", "SpikingJelly LIFNode": "SpikingJelly",
+         "snnTorch Leaky": "snnTorch", "Norse LIFBoxCell": "Norse"}
 
 
 def implementations(cfg, with_compile=True):
+    """{name: fn} for snnops and every reference, and {name: snnops arguments of the same
+    forward} for the references whose neuron is written in another form."""
     canon = _canonical(cfg)
     impls = {
         "snnops": lambda x: snnops.lif(x, **cfg),
         "torch loop": lambda x: reference.lif(x, **canon),
     }
+    twins = {}
     if with_compile:
         compiled = torch.compile(lambda x: reference.lif(x, **canon))
         impls["torch.compile loop"] = compiled
-    sj = _spikingjelly(cfg)
-    if sj is not None:
-        impls["SpikingJelly LIFNode"] = sj
-    return impls
+    for name, make in LIBRARIES.items():
+        made = make(cfg)
+        if made is not None:
+            impls[name], twin = made
+            if twin is not None:
+                twins[name] = twin
+    return impls, twins
+
+
+def spikes_differing(impls, twins, x):
+    """How many of each implementation's forward spikes differ from snnops' for the same
+    neuron: the references must compute what is timed against us. A spike may differ where
+    h lands on the threshold itself (snnTorch and Norse fire on h > v_th, we on h >= v_th)
+    or, for Norse's form, where its rounding differs from ours."""
+    xd = x.detach()
+    with torch.no_grad():
+        ours = impls["snnops"](xd)[0]
+        out = {}
+        for name, fn in impls.items():
+            ref = snnops.lif(xd, **twins[name])[0] if name in twins else ours
+            out[name] = int((fn(xd)[0] != ref).sum())
+    return out
 
 
 def fwd_bwd(fn, x, grad):
@@ -86,17 +163,23 @@ def fwd_bwd(fn, x, grad):
 
 
 def saved_bits(fn, x):
-    """Bits per neuron-step kept by the autograd graph of one forward (x itself excluded)."""
-    seen = {}
+    """Bits per neuron-step the autograd graph of one forward keeps, each tensor once; x
+    counts when it is kept (it is all snnops' recompute backward keeps). Tensors saved by
+    graph branches that die within the forward (a detached reset's surrogate) are not."""
+    packed = []
 
     def pack(t):
-        if t.data_ptr() != x.data_ptr() or fn is not None:
-            seen[(t.data_ptr(), t.numel(), t.dtype)] = t.numel() * t.element_size()
+        packed.append(weakref.ref(t))
         return t
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn(x)[0]
+        out = fn(x)  # spikes and v_last: what a stateful module keeps between calls
+    kept = {}
+    for ref in packed:
+        t = ref()
+        if t is not None:
+            kept[(t.data_ptr(), t.numel(), t.dtype)] = t.numel() * t.element_size()
     del out
-    return 8 * sum(seen.values()) / x.numel()
+    return 8 * sum(kept.values()) / x.numel()
 
 
 def measure(shape_id, cfg_name, rounds=15, with_compile=True, settle=SETTLE):
@@ -105,12 +188,13 @@ def measure(shape_id, cfg_name, rounds=15, with_compile=True, settle=SETTLE):
     torch._dynamo.reset()  # each configuration compiles its own loop from scratch
     x = (torch.randn(shape) * 0.6).requires_grad_()
     grad = torch.randn(shape)
-    impls = implementations(cfg, with_compile)
+    impls, twins = implementations(cfg, with_compile)
     compile_s = None
     if "torch.compile loop" in impls:
         t0 = time.perf_counter()
         fwd_bwd(impls["torch.compile loop"], x, grad)()
         compile_s = time.perf_counter() - t0
+    differing = spikes_differing(impls, twins, x)
     steps = {name: fwd_bwd(fn, x, grad) for name, fn in impls.items()}
     # The copy runs in the same rounds, so the bandwidth ratio is a per-round ratio too
     # (a copy timed before or after drifts with the machine's load).
@@ -133,14 +217,14 @@ def measure(shape_id, cfg_name, rounds=15, with_compile=True, settle=SETTLE):
         "snnops_ms": 1e3 * ours,
         "bandwidth_GBps": moved / ours / 1e9, "copy_GBps": copy_bw / 1e9,
         "bandwidth_vs_copy": bw_ratio,
-        "bits_saved_snnops": bits,
-        "bits_saved_torch_loop": saved_bits(impls["torch loop"], x),
         "compile_s": compile_s,
     }
     for name in impls:
         if name != "snnops":
             row[f"ms[{name}]"] = 1e3 * statistics.median(times[name])
             row[f"speedup_vs[{name}]"] = _util.median_ratio(times, name, "snnops")
+        row[f"bits_saved[{name}]"] = bits if name == "snnops" else saved_bits(impls[name], x)
+        row[f"spikes_differing[{name}]"] = differing[name]
     return row
 
 
@@ -160,11 +244,18 @@ def main(argv=None):
             print(f"  measured {shape_id} {cfg_name}", file=sys.stderr)
     refs = [k[len("speedup_vs["):-1] for k in rows[0] if k.startswith("speedup_vs[")]
     cols = [("shape", "shape", "{}"), ("config", "neuron", "{}"), ("snnops_ms", "snnops ms", "{:.2f}")]
-    cols += [(f"speedup_vs[{r}]", f"x vs {r}", "{:.2f}") for r in refs]
-    cols += [("bandwidth_vs_copy", "BW/copy", "{:.0%}"), ("bits_saved_snnops", "bits saved", "{:.0f}"),
-             ("bits_saved_torch_loop", "bits loop", "{:.0f}")]
+    cols += [(f"speedup_vs[{r}]", f"x {SHORT.get(r, r)}", "{:.2f}") for r in refs]
+    cols += [("bandwidth_vs_copy", "BW/copy", "{:.0%}")]
     _util.print_table(rows, cols, title="forward+backward, median of interleaved per-round ratios "
                                         "(x > 1: snnops faster)")
+    impls = ["snnops"] + refs
+    _util.print_table(rows, [("shape", "shape", "{}"), ("config", "neuron", "{}")] +
+                      [(f"bits_saved[{r}]", SHORT.get(r, r), "{:.0f}") for r in impls],
+                      title="bits kept for backward per neuron-step")
+    differing = {r: max(row[f"spikes_differing[{r}]"] for row in rows) for r in refs}
+    print(f"forward spikes differing from snnops' for the same neuron (most in a row of "
+          f"{max(row['neuron_steps'] for row in rows)}): " +
+          ", ".join(f"{SHORT.get(r, r)} {n}" for r, n in differing.items()))
     if rows[0].get("compile_s") is not None:
         print("torch.compile first-call wait: " + ", ".join(f"{r['shape']}/{r['config']} {r['compile_s']:.0f} s"
                                                           for r in rows))
