@@ -50,3 +50,44 @@ def gpu_code_stats():
         assert done.returncode == 0, done.stderr[-3000:]
         return json.loads(done.stdout.strip().splitlines()[-1])
     return run
+
+
+class _Large:
+    """For the tests past 2^31 elements: a memory gate and the rows worth comparing."""
+
+    @staticmethod
+    def need(gib):
+        with open("/proc/meminfo") as f:
+            avail = next((int(line.split()[1]) / 2**20 for line in f if line.startswith("MemAvailable:")), 0.0)
+        if avail < gib:
+            pytest.skip(f"needs about {gib} GiB free, this machine has {avail:.1f} GiB available")
+
+    @staticmethod
+    def rows(n_rows, per_row):
+        """Row slices of a [n_rows, per_row...] layout: the first rows, the rows around
+        flat element 2^31 (where a 32-bit index would wrap) and the last rows."""
+        assert n_rows * per_row > 2**31
+        mid = 2**31 // per_row
+        return [slice(0, 2), slice(mid - 1, min(mid + 2, n_rows)), slice(n_rows - 2, n_rows)]
+
+    @staticmethod
+    def tile(block, n_rows):
+        """[n_rows, ...] repeating ``block`` along dim 0. Give the block an odd number of
+        rows (997): a row index wrapped by 2^32 then lands on a different row."""
+        out = block.new_empty((n_rows, *block.shape[1:]))
+        reps = max(1, 2**24 // max(1, block.numel()))  # copy 16M elements at a time
+        big = block.repeat(reps, *([1] * (block.dim() - 1)))
+        for a in range(0, n_rows, big.shape[0]):
+            n = min(big.shape[0], n_rows - a)
+            out[a:a + n] = big[:n]
+        return out
+
+
+@pytest.fixture
+def large():
+    import gc
+
+    import snnops
+    yield _Large
+    gc.collect()
+    snnops.empty_cache()  # the CPU block cache would otherwise keep the last large outputs

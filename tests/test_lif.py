@@ -428,33 +428,55 @@ def test_torch_compile_fullgraph_matches_eager():
         torch.testing.assert_close(a, b)
 
 
-def _mem_available_gib():
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) / 2**20
-    return 0.0
+def _past_2_31_input(steps):
+    """[steps, 2^31 // steps + 3]: more than 2^31 elements, a pattern whose spikes differ
+    along both axes."""
+    n = 2**31 // steps + 3
+    x = torch.empty(steps, n)
+    assert x.numel() > 2**31
+    x.copy_(torch.linspace(0.0, 1.0, 997).repeat(n // 997 + 1)[:n].expand(steps, n))
+    x[::3] *= 0.4
+    return x
+
+
+_TT = dict(decay=0.25, v_threshold=0.5, surrogate="rect", detach_reset=True)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("steps", [64, 4], ids=["blocked-walk", "register-walk"])
-def test_more_than_2_31_elements(steps):
+def test_more_than_2_31_elements(steps, large):
     """64 x (2^25 + 3) = 2^31 + 192 elements (or 4 x (2^29 + 3)): every index is 64-bit.
     Forward only (no grad): about 17 GiB for input and spikes."""
-    if _mem_available_gib() < 18:
-        pytest.skip(f"needs about 18 GiB free, this machine has {_mem_available_gib():.1f} GiB available")
-    n = 2**31 // steps + 3
-    x = torch.empty(steps, n)
-    assert x.numel() > 2**31
-    # a pattern whose spikes differ along both axes
-    x.copy_(torch.linspace(0.0, 1.0, 997).repeat(n // 997 + 1)[:n].expand(steps, n))
-    x[::3] *= 0.4
+    large.need(18)
+    x = _past_2_31_input(steps)
+    n = x.shape[1]
     with torch.no_grad():
-        s, v = snnops.lif(x, decay=0.25, v_threshold=0.5, surrogate="rect", detach_reset=True)
+        s, v = snnops.lif(x, **_TT)
     for sl in (slice(0, 100), slice(n - 100, n)):
-        rs, rv = run_reference(x[:, sl].clone(), None, return_membrane=False, decay=0.25, v_threshold=0.5,
-                               surrogate="rect", detach_reset=True)
+        rs, rv = run_reference(x[:, sl].clone(), None, return_membrane=False, **_TT)
         assert torch.equal(s[:, sl], rs) and torch.equal(v[sl], rv)
+
+
+@pytest.mark.slow
+def test_backward_past_2_31_elements(large):
+    """The 2-bit backward over 2^31 + 192 elements. The saved bits are all it reads, so x
+    and the spikes are freed first: about 17 GiB for the incoming and outgoing gradient."""
+    large.need(18)
+    x = _past_2_31_input(64)
+    steps, n = x.shape
+    p = (0.25, 1.0, 0.5, 0.0, 0, 1.0, True)   # the canonical form of _TT
+    saved = torch.ops.snnops.lif_fwd(x, None, *p, False, True, None)[3]
+    ends = [(sl, x[:, sl].clone()) for sl in (slice(0, 100), slice(n - 100, n))]
+    del x
+    g = torch.empty(steps, n)
+    g.copy_(torch.linspace(-1.0, 1.0, 991).repeat(n // 991 + 1)[:n].expand(steps, n))
+    gx = torch.ops.snnops.lif_bwd(g, None, None, None, None, saved, [steps, n], torch.float32, False, *p)[0]
+    for sl, xe in ends:
+        xe.requires_grad_()
+        s = reference.lif(xe, decay=0.25, input_scale=1.0, v_threshold=0.5, v_reset=0.0, surrogate="rect",
+                          detach_reset=True)[0]
+        # as the other gradient checks: the kernel's fused multiply-adds round once
+        torch.testing.assert_close(gx[:, sl], torch.autograd.grad(s, xe, g[:, sl])[0], rtol=1e-5, atol=1e-5)
 
 
 def opcheck_samples():
