@@ -133,3 +133,21 @@ def opcheck_samples():
     yield "unpack_spikes", (reference.pack_spikes(x, -1), 45, -1, torch.float32), {}
     yield "unpack_spikes", (reference.pack_spikes(y, 1), 40, 1, torch.float64), {}
 
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape,dim", [((2**26 + 3, 33), 1), ((2**17 + 1, 64, 16, 16), 1)],
+                         ids=["rows", "nchw-columns"])
+def test_pack_and_unpack_past_2_31_elements(shape, dim, large):
+    """Both packers (rows of features, and NCHW channels per position) and the unpack,
+    over more than 2^31 spikes: 2-4.5 GiB (uint8 spikes and their unpacked copy)."""
+    large.need(6)
+    # random bits with an odd period (997 rows of 1-byte spikes)
+    s = large.tile((torch.rand(997, *shape[1:]) < 0.5).to(torch.uint8), shape[0])
+    p = snnops.pack_spikes(s, dim)
+    per_row = s[0].numel()
+    for sl in large.rows(shape[0], per_row):
+        assert torch.equal(p[sl], reference.pack_spikes(s[sl].float(), dim)), sl
+    u = snnops.unpack_spikes(p, shape[dim], dim, dtype=torch.uint8)
+    for sl in large.rows(shape[0], per_row):
+        assert torch.equal(u[sl], s[sl]), sl
