@@ -13,6 +13,7 @@ import torch
 
 import snnops
 from snnops import reference
+from snnops.reference.spike_gemm import lowbit_dequantize
 
 EPS32 = 2.0 ** -24
 
@@ -435,3 +436,68 @@ def opcheck_samples():
     yield "spike_gemm_lowbit", (p, q.planes, q.scale, None, 2), {}
     q4 = snnops.quantize_weight(torch.randn(7, 45), 4)
     yield "spike_gemm_lowbit", (p, q4.planes, q4.scale, torch.randn(7), 4), {}
+
+
+def _packed_rows_past_2_31(rows, k, large, density=0.1):
+    """Packed spikes [rows, ceil(k/32)] tiled from 997 random rows (an odd period: a row
+    index wrapped by 2^32 lands on a different row) and the 997 rows as floats."""
+    base = (torch.rand(997, k) < density).float()
+    return large.tile(snnops.pack_spikes(base, 1), rows), base
+
+
+def _check_rows(got, packed, base, w, b, large, per_row):
+    for sl in large.rows(got.shape[0], per_row):
+        s = base[torch.arange(sl.start, sl.stop) % 997]
+        _assert_close_bound(got[sl], s.double() @ w.double().t() + (0 if b is None else b.double()),
+                            _bound(s, w, b, s.shape[1] + 1))
+
+
+@pytest.mark.slow
+def test_spike_gemm_past_2_31_elements(large):
+    """More than 2^31 spikes in (uint8, 2.1 GiB), and more than 2^31 outputs from packed
+    spikes (8.3 GiB), with a bias."""
+    large.need(12)
+    rows, k = 2**26 + 3, 33
+    packed, base = _packed_rows_past_2_31(rows, k, large)
+    s = snnops.unpack_spikes(packed, k, 1, dtype=torch.uint8)
+    w = torch.randn(8, k)
+    y, p = torch.ops.snnops.spike_gemm(s, w, None, 1)
+    del s
+    _check_rows(y, packed, base, w, None, large, k)
+    for sl in large.rows(rows, k):
+        assert torch.equal(p[sl], packed[sl])
+    del y, p
+    w, b = torch.randn(33, k), torch.randn(33)
+    y = torch.ops.snnops.spike_gemm_packed(packed, w, b, None, 1)
+    assert y.numel() > 2**31
+    _check_rows(y, packed, base, w, b, large, 33)
+
+
+@pytest.mark.slow
+def test_spike_gemm_backward_and_lowbit_past_2_31_elements(large):
+    """dS of more than 2^31 elements (8.3 GiB) with dW and db over 2^26 rows, then
+    low-bit weights with more than 2^31 outputs."""
+    large.need(12)
+    rows, k, n = 2**26 + 3, 33, 8
+    packed, base = _packed_rows_past_2_31(rows, k, large)
+    w = torch.randn(n, k)
+    g = large.tile(torch.randn(997, n), rows)
+    gs, gw, gb = torch.ops.snnops.spike_gemm_bwd(g, packed, w, True, True, True)
+    assert gs.numel() > 2**31
+    for sl in large.rows(rows, k):
+        torch.testing.assert_close(gs[sl], g[sl] @ w)   # sums of n = 8 products: float32 tolerance
+    del gs
+    # every 997-row period contributes the same: the sums are those of one period, times the
+    # number of whole periods, plus the partial period (exact in float64)
+    whole, rest = divmod(rows, 997)
+    gd, sd = g[:997].double(), base.double()
+    exact_w = whole * (gd.t() @ sd) + gd[:rest].t() @ sd[:rest]
+    exact_b = whole * gd.sum(0) + gd[:rest].sum(0)
+    mag_w = whole * (gd.abs().t() @ sd) + gd[:rest].abs().t() @ sd[:rest]
+    assert bool(((gw.double() - exact_w).abs() <= rows * EPS32 * mag_w + 1e-30).all())
+    assert bool(((gb.double() - exact_b).abs() <= rows * EPS32 * (whole + 1) * gd.abs().sum(0)).all())
+    del g
+    q = snnops.quantize_weight(torch.randn(33, k), 2)
+    y = torch.ops.snnops.spike_gemm_lowbit(packed, q.planes, q.scale, None, 2)
+    assert y.numel() > 2**31
+    _check_rows(y, packed, base, lowbit_dequantize(q.planes, q.scale, 2, k), None, large, 33)
