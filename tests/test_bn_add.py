@@ -357,3 +357,41 @@ def opcheck_samples():
     out = reference.bn_add_fwd(z, r, w, b, rm, rv, True, 1e-5)
     yield "bn_add_bwd", (_frames((2, 3, 16, 3, 4), seed=3), z, w, out[1], out[2], True, [True, True, True]), {}
     yield "bn_add_bwd", (_frames((2, 3, 16, 3, 4), seed=3), z, w, out[1], out[2], False, [True, False, True]), {}
+
+
+@pytest.mark.slow
+def test_past_2_31_elements(large):
+    """(2^25 + 16) x 64 = 2^31 + 1024 rows' elements, tiled from 997 random rows (about
+    17 GiB: two tensors of this size at a time). The forward in eval mode on the rows around
+    the start, flat element 2^31 and the end; training mode's statistics, and the weight
+    and bias gradients (sums over every row), against the exact sums of the tiling. The
+    input gradient would need a third such tensor, more than this machine has."""
+    large.need(18)
+    rows, c = 2**25 + 16, 64
+    zb, gb = _frames((997, c)), _frames((997, c), seed=3)
+    z = large.tile(zb, rows)
+    w, b, rm, rv = _bn_params(c)
+    y = torch.ops.snnops.bn_add_fwd(z, None, w, b, rm, rv, False, 1e-5)[0]
+    for sl in large.rows(rows, c):
+        torch.testing.assert_close(y[sl], reference.bn_add_fwd(z[sl], None, w, b, rm, rv, False, 1e-5)[0],
+                                   rtol=2e-6, atol=2e-6)
+    del y
+    mean, invstd, var = torch.ops.snnops.bn_add_fwd(z, None, w, b, None, None, True, 1e-5)[1:]
+    whole, rest = divmod(rows, 997)
+
+    def tiled_sum(v):  # v: per block row, [997, C] float64
+        return whole * v.sum(0) + v[:rest].sum(0)
+    zd = zb.double()
+    exact_mean = tiled_sum(zd) / rows
+    exact_var = tiled_sum((zd - exact_mean) ** 2) / rows
+    torch.testing.assert_close(mean.double(), exact_mean, rtol=1e-6, atol=1e-7)  # float32 of double sums
+    torch.testing.assert_close(var.double(), exact_var, rtol=1e-6, atol=1e-7)
+    gy = large.tile(gb, rows)
+    _, gw, gbias = torch.ops.snnops.bn_add_bwd(gy, z, w, mean, invstd, True, [False, True, True])
+    # the reference's terms: float32 products summed in float64
+    terms = (gb * (zb - mean)).double()
+    ist = invstd.double()
+    torch.testing.assert_close(gw.double(), tiled_sum(terms) * ist, rtol=1e-6,
+                               atol=float((tiled_sum(terms.abs()) * ist).max()) * 2**-40)
+    torch.testing.assert_close(gbias.double(), tiled_sum(gb.double()), rtol=1e-6,
+                               atol=float(tiled_sum(gb.double().abs()).max()) * 2**-40)

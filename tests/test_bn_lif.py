@@ -312,3 +312,37 @@ def opcheck_samples():
     out = reference.bn_lif_fwd(*_fwd_args(z, w.detach(), b.detach(), rm, rv, True))
     yield "bn_lif_bwd", (torch.randn(3, 7, 40), z, w.detach(), out[3], out[4], out[1], out[2], True, 0.25, 1.0,
                          [True, True, True]), {}
+
+
+def _period_stats(block, n_rows):
+    """Exact (float64) mean and biased variance per channel of ``block`` [997, C] tiled
+    over n_rows rows."""
+    whole, rest = divmod(n_rows, block.shape[0])
+    b = block.double()
+    mean = (whole * b.sum(0) + b[:rest].sum(0)) / n_rows
+    var = (whole * ((b - mean) ** 2).sum(0) + ((b[:rest] - mean) ** 2).sum(0)) / n_rows
+    return mean, var
+
+
+@pytest.mark.slow
+def test_past_2_31_elements(large):
+    """4 x (2^23 + 16) x 64 = 2^31 + 4096 elements, forward (about 17 GiB: z and the
+    spikes). Eval mode bit for bit on the rows around the start, flat element 2^31 and the
+    end (the LIF recursion runs along T per row); training mode's statistics against the
+    exact ones of the tiled input."""
+    large.need(18)
+    steps, rows, c = 4, 2**23 + 16, 64
+    block = _z(1, 997, c)[0]
+    z = large.tile(block, steps * rows).view(steps, rows, c)
+    w, b, rm, rv = _bn_params(c)
+    spikes, packed, window = torch.ops.snnops.bn_lif_fwd(*_fwd_args(z, w, b, rm, rv, False))[:3]
+    mid = (2**31 // c) % rows
+    for sl in (slice(0, 2), slice(mid - 1, mid + 2), slice(rows - 2, rows)):
+        ref = reference.bn_lif_fwd(*_fwd_args(z[:, sl].contiguous(), w, b, rm, rv, False))
+        assert torch.equal(spikes[:, sl], ref[0]) and torch.equal(packed[:, sl], ref[1])
+        assert torch.equal(window[:, sl], ref[2])
+    del spikes, packed, window
+    mean, invstd, var = torch.ops.snnops.bn_lif_fwd(*_fwd_args(z, w, b, None, None, True))[3:]
+    exact_mean, exact_var = _period_stats(block, steps * rows)
+    torch.testing.assert_close(mean.double(), exact_mean, rtol=1e-6, atol=1e-7)  # float32 of a double sum
+    torch.testing.assert_close(var.double(), exact_var, rtol=1e-6, atol=1e-7)
