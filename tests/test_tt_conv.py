@@ -639,3 +639,57 @@ def test_triton_tt_block_and_tt_conv(triton_kernels, parallel, schedule, pool):
     for a, b in zip(triton_kernels.tt_conv_bwd(g, packed, g1, w2, w3, w4, idx, parallel, schedule, pool, [True] * 5),
                     reference.tt_conv_bwd(g, packed, g1, w2, w3, w4, ref_idx, parallel, schedule, pool, [True] * 5)):
         close(a, b)
+
+
+@pytest.mark.slow
+def test_ptt_conv_past_2_31_elements(large):
+    """o of (2^18 + 1) x 32 x 16 x 16 = 2^31 + 8192 elements and y the same (about
+    17 GiB), tiled from 997 random images; images around the start, flat element 2^31
+    and the end against the reference."""
+    large.need(18)
+    n, r, h, w = 2**18 + 1, 32, 16, 16
+    block = torch.randn(997, h, w, r)
+    o = large.tile(block, n).permute(0, 3, 1, 2)   # channels-last frames
+    w2, w3 = ptt_weights(r)
+    y = snnops.ptt_conv(o, w2, w3)
+    for sl in large.rows(n, r * h * w):
+        close(y[sl], reference.ptt_conv(o[sl], w2, w3))
+
+
+@pytest.mark.slow
+def test_tt_conv_past_2_31_elements(large):
+    """Spikes bit-packed in (2^18 + 1 images of 128 x 8 x 8), more than 2^31 outputs
+    (8 GiB), then the backward's spike gradient of more than 2^31 elements beside the
+    incoming one (17 GiB). Images around the start, flat element 2^31 and the end against
+    the reference; the core gradients (sums over all 2^24 positions) against the float64
+    reference on one 997-image period times the number of periods, plus the rest."""
+    large.need(18)
+    n, cin, h, w, r, cout = 2**18 + 1, 128, 8, 8, 32, 128
+    g1 = torch.randn(r, cin, 1, 1) * 0.1
+    w2, w3, w4 = (t * 0.1 for t in block_weights(r, cout, True))
+    s_block = spikes(997, cin, h, w)
+    packed = large.tile(snnops.pack_spikes(s_block, 1), n)
+    y = snnops.tt_conv(packed, g1, w2, w3, w4)
+    assert y.numel() > 2**31
+    for sl in large.rows(n, cout * h * w):
+        close(y[sl], reference.tt_conv(packed[sl], None, g1, w2, w3, w4, True, [], False)[0])
+    del y
+    gy_block = torch.randn(997, h, w, cout)
+    gy = large.tile(gy_block, n).permute(0, 3, 1, 2)
+    no_index = torch.empty(0, dtype=torch.uint8)
+    grads = torch.ops.snnops.tt_conv_bwd(gy, packed, g1, w2, w3, w4, no_index, True, [], False, [True] * 5)
+    assert grads[0].numel() > 2**31
+    for sl in large.rows(n, cin * h * w):
+        close(grads[0][sl], reference.tt_conv_bwd(gy[sl], packed[sl], g1, w2, w3, w4, no_index, True, [], False,
+                                                  [True] * 5)[0])
+    whole, rest = divmod(n, 997)
+    cores = [t.double() for t in (g1, w2, w3, w4)]
+    gyd = gy_block.permute(0, 3, 1, 2).double()
+    period = reference.tt_conv_bwd(gyd, packed[:997], *cores, no_index, True, [], False, [False] + [True] * 4)
+    part = reference.tt_conv_bwd(gyd[:rest], packed[:rest], *cores, no_index, True, [], False, [False] + [True] * 4)
+    # float32 sums over 2^24 positions round far more than the few-term sums above (5e-4
+    # of the largest entry measured); an index wrapped at 2^31 would drop or repeat a
+    # whole share of the positions, an error of the order of the gradient itself
+    for got, p, q in zip(grads[1:], period[1:], part[1:]):
+        exact = whole * p + q
+        torch.testing.assert_close(got.double(), exact, rtol=0, atol=2e-3 * float(exact.abs().max()))
