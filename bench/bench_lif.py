@@ -253,7 +253,7 @@ def main(argv=None):
                       [(f"bits_saved[{r}]", SHORT.get(r, r), "{:.0f}") for r in impls],
                       title="bits kept for backward per neuron-step")
     differing = {r: max(row[f"spikes_differing[{r}]"] for row in rows) for r in refs}
-    print(f"forward spikes differing from snnops' for the same neuron (most in a row of "
+    print(f"forward spikes differing from snnops' for the same neuron (most in one row, of up to "
           f"{max(row['neuron_steps'] for row in rows)}): " +
           ", ".join(f"{SHORT.get(r, r)} {n}" for r, n in differing.items()))
     if rows[0].get("compile_s") is not None:
