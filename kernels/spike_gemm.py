@@ -37,7 +37,7 @@ def _raise_non_binary(spikes: torch.Tensor) -> None:
 def _pack_kernel(x_ptr, out_ptr, err_ptr, P, K, NW, inner, s_o, s_k, s_i,
                  BLOCK: tl.constexpr):
     # positions p = o * inner + i; value (p, k) at o * s_o + k * s_k + i * s_i
-    pid = tl.program_id(0)
+    pid = tl.program_id(0).to(tl.int64)  # positions may pass 2^31
     w = tl.program_id(1)
     pos = pid * BLOCK + tl.arange(0, BLOCK)
     lanes = tl.arange(0, 32)
@@ -57,7 +57,7 @@ def _pack_kernel(x_ptr, out_ptr, err_ptr, P, K, NW, inner, s_o, s_k, s_i,
 
 @triton.jit
 def _unpack_kernel(p_ptr, out_ptr, P, K, NW, inner, s_o, s_k, s_i, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
+    pid = tl.program_id(0).to(tl.int64)  # positions may pass 2^31
     w = tl.program_id(1)
     pos = pid * BLOCK + tl.arange(0, BLOCK)
     lanes = tl.arange(0, 32)
@@ -140,7 +140,7 @@ def _fwd_kernel(p_ptr, w_ptr, b_ptr, y_ptr, R, N, K, NW, s_wn, s_wk,
                 HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, DOT: tl.constexpr,
                 BM: tl.constexpr, BN: tl.constexpr):
     # Y[m, n] = sum_k S[m, k] W[n, k] + b[n], one word (32 features) per step
-    pid_m = tl.program_id(0)
+    pid_m = tl.program_id(0).to(tl.int64)  # rows may pass 2^31
     pid_n = tl.program_id(1)
     rm = pid_m * BM + tl.arange(0, BM)
     rn = pid_n * BN + tl.arange(0, BN)
