@@ -68,6 +68,19 @@ def test_float64_and_output_mask(cpu_isa):
     torch.testing.assert_close(gb, rb, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype,c", [(torch.float32, 64), (torch.float32, 20), (torch.float64, 24)])
+def test_weight_gradients_alone(cpu_isa, dtype, c):
+    """Without the input gradient the backward keeps no dy buffer: the weight gradients
+    are those of the full backward, bit for bit (the same sums in the same order)."""
+    z = _z(3, 11, c, dtype)
+    w, b, rm, rv = _bn_params(c, dtype)
+    got = torch.ops.snnops.bn_lif_fwd(*_fwd_args(z, w, b, rm, rv, True))
+    bargs = (torch.randn(3, 11, c, dtype=dtype), z, w, got[3], got[4], got[1], got[2], True, 0.25, 1.0)
+    gz, gw, gb = torch.ops.snnops.bn_lif_bwd(*bargs, [False, True, True])
+    _, fw, fb = torch.ops.snnops.bn_lif_bwd(*bargs, [True, True, True])
+    assert gz.numel() == 0 and torch.equal(gw, fw) and torch.equal(gb, fb)
+
+
 def test_equals_batch_norm_then_lif_loop():
     """The op is F.batch_norm (training statistics over T and B) followed by the
     TT-SNN LIF: in float64 spikes agree exactly, gradients to rounding."""
@@ -326,10 +339,10 @@ def _period_stats(block, n_rows):
 
 @pytest.mark.slow
 def test_past_2_31_elements(large):
-    """4 x (2^23 + 16) x 64 = 2^31 + 4096 elements, forward (about 17 GiB: z and the
-    spikes). Eval mode bit for bit on the rows around the start, flat element 2^31 and the
-    end (the LIF recursion runs along T per row); training mode's statistics against the
-    exact ones of the tiled input."""
+    """4 x (2^23 + 16) x 64 = 2^31 + 4096 elements (about 17 GiB: two tensors of this
+    size at a time). Eval mode bit for bit on the rows around the start, flat element 2^31
+    and the end (the LIF recursion runs along T per row); training mode's statistics and
+    weight gradients against the exact sums of the tiled input."""
     large.need(18)
     steps, rows, c = 4, 2**23 + 16, 64
     block = _z(1, 997, c)[0]
@@ -342,7 +355,24 @@ def test_past_2_31_elements(large):
         assert torch.equal(spikes[:, sl], ref[0]) and torch.equal(packed[:, sl], ref[1])
         assert torch.equal(window[:, sl], ref[2])
     del spikes, packed, window
-    mean, invstd, var = torch.ops.snnops.bn_lif_fwd(*_fwd_args(z, w, b, None, None, True))[3:]
+    out = torch.ops.snnops.bn_lif_fwd(*_fwd_args(z, w, b, None, None, True))
+    packed, window, mean, invstd, var = out[1:]
+    del out   # the spikes: the backward reads their bits
     exact_mean, exact_var = _period_stats(block, steps * rows)
     torch.testing.assert_close(mean.double(), exact_mean, rtol=1e-6, atol=1e-7)  # float32 of a double sum
     torch.testing.assert_close(var.double(), exact_var, rtol=1e-6, atol=1e-7)
+    # the weight gradients (the input gradient would need a third tensor of this size);
+    # z and the incoming gradient repeat along the rows with period 997 at every step, so
+    # the exact sums are those of one period times the number of periods, plus the rest
+    gs = large.tile(_z(1, 997, c, seed=5)[0], steps * rows).view(steps, rows, c)
+    _, gw, gb = torch.ops.snnops.bn_lif_bwd(gs, z, w, mean, invstd, packed, window, True, 0.25, 1.0,
+                                            [False, True, True])
+    whole, rest = divmod(rows, 997)
+
+    def sums(sl):  # float64 weight and bias gradients of the rows sl
+        return reference.bn_lif_bwd(gs[:, sl], z[:, sl], w.double(), mean, invstd, packed[:, sl], window[:, sl],
+                                    True, 0.25, 1.0, [False, True, True])[1:]
+    (pw, pb), (qw, qb) = sums(slice(0, 997)), sums(slice(whole * 997, rows))
+    for got, exact in ((gw, whole * pw + qw), (gb, whole * pb + qb)):
+        # float32 of double sums; the atol for a channel whose sum nearly cancels
+        torch.testing.assert_close(got.double(), exact, rtol=1e-6, atol=1e-6 * float(exact.abs().max()))

@@ -174,8 +174,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
 inline bool get_bit(const uint32_t* words, int64_t c) { return (words[c >> 5] >> (c & 31)) & 1u; }
 
-// Pass 1 on rows [r0, r1): dy through the LIF (time reversed) into dz, and the two
-// per-channel sums into s1 (dy) and s2 (dy * xhat).
+// Pass 1 on rows [r0, r1): dy through the LIF (time reversed) into dz (unless dz is null:
+// only the weight gradients asked for), and the two per-channel sums into s1 (dy) and
+// s2 (dy * xhat).
 template <typename T>
 void bwd_pass1_generic(const Neuron& nr, const T* gs, const T* z, const T* mean, const T* invstd,
                        const uint32_t* packed, const uint32_t* window, T* dz, double* s1, double* s2, int64_t steps,
@@ -188,7 +189,7 @@ void bwd_pass1_generic(const Neuron& nr, const T* gs, const T* z, const T* mean,
       for (int64_t t = steps - 1; t >= 0; --t) {
         const int64_t off = (t * rows + r) * C + c, wo = (t * rows + r) * W;
         const T gh = (get_bit(window + wo, c) ? gs[off] / wdt : T(0)) + (get_bit(packed + wo, c) ? T(0) : g);
-        dz[off] = gh;
+        if (dz) dz[off] = gh;
         g = gh * lam;
         const T xhat = (z[off] - mean[c]) * invstd[c];
         s1[c] += (double)gh;
@@ -244,7 +245,7 @@ SNN_AVX2 void bwd_pass1_avx2(const Neuron& nr, const float* gs, const float* z, 
         const __m256 fired = bits_to_mask((packed[wo] >> sh) & 0xffu);
         const __m256 gh = _mm256_add_ps(_mm256_and_ps(win, _mm256_div_ps(_mm256_loadu_ps(gs + off), wdt)),
                                         _mm256_andnot_ps(fired, g));
-        _mm256_storeu_ps(dz + off, gh);
+        if (dz) _mm256_storeu_ps(dz + off, gh);
         g = _mm256_mul_ps(gh, lam);
         const __m256 xhat = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(z + off), mu), is);
         const __m256 p = _mm256_mul_ps(gh, xhat);
@@ -328,7 +329,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_lif_bwd_cpu(
   at::Tensor packed = packed_in.contiguous(), window = window_in.contiguous();
   TORCH_CHECK(packed.numel() == steps * rows * W && window.numel() == steps * rows * W,
               "snnops.bn_lif_bwd: packed spikes and window bits must be [T, M, ceil(C/32)]");
-  at::Tensor dz = cached_empty({steps, rows, C}, z.options());
+  // dz holds dy between the passes; without an input gradient there is no second pass
+  at::Tensor dz = output_mask[0] ? cached_empty({steps, rows, C}, z.options()) : z_in.new_empty({0});
   const int64_t n = steps * rows;
   const int64_t blocks = ceil_div(rows, kStatRows);
   std::vector<double> part(std::max<int64_t>(blocks, 1) * 2 * C, 0.0);
@@ -342,7 +344,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_lif_bwd_cpu(
     const scalar_t* zp = z.data_ptr<scalar_t>();
     const scalar_t* mp = mean.data_ptr<scalar_t>();
     const scalar_t* ip = invstd.data_ptr<scalar_t>();
-    scalar_t* d = dz.data_ptr<scalar_t>();
+    scalar_t* d = output_mask[0] ? dz.data_ptr<scalar_t>() : nullptr;
     if (n > 0 && C > 0) {
       at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
@@ -391,8 +393,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_lif_bwd_cpu(
     if (output_mask[1]) grad_weight = s2t.to(weight.scalar_type());
     if (output_mask[2]) grad_bias = s1t.to(weight.scalar_type());
   }
-  if (!output_mask[0]) dz = z_in.new_empty({0});
-  else if (z_in.scalar_type() != ct) dz = dz.to(z_in.scalar_type());
+  if (output_mask[0] && z_in.scalar_type() != ct) dz = dz.to(z_in.scalar_type());
   return {dz, grad_weight, grad_bias};
 }
 
