@@ -20,9 +20,14 @@ class CLIError(Exception):
     """A user error: printed without a traceback, exit code 2."""
 
 
+def summary(doc: str) -> str:
+    """A module docstring's first line as ``--help`` shows it (no reST literals)."""
+    return doc.splitlines()[0].replace("``", "")
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = argparse.ArgumentParser(prog="snnops", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="snnops", description=summary(__doc__))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in SUBCOMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from . import CLIError
+from . import CLIError, summary
 from .rounds import round_orders
 
 # The TT-SNN paper's Table II (RTX 3090 Ti; time = forward+backward of one batch).
@@ -73,7 +73,7 @@ TARGETS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="snnops profile", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="snnops profile", description=summary(__doc__))
     p.add_argument("--model", default="ms_resnet18", help="ms_resnet18 (default) | ms_resnet34")
     p.add_argument("--input-size", default=None,
                    help="C x H x W of one image, e.g. 3x32x32 (default: 3x32x32 for ms_resnet18, 2x48x48 for "

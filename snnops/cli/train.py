@@ -15,7 +15,7 @@ import os
 
 import torch
 
-from . import CLIError
+from . import CLIError, summary
 
 METHODS = {
     "tt": "snnops.models.train",     # MS-ResNet dense / STT / PTT / HTT (TT-SNN)
@@ -25,7 +25,7 @@ METHODS = {
 
 
 def build_parser(method: str, module) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="snnops train", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="snnops train", description=summary(__doc__))
     p.add_argument("--method", choices=sorted(METHODS), default="tt", help="training method (default tt)")
     p.add_argument("--dataset", default="digits", help="digits (default, bundled) | cifar10 | cifar100")
     p.add_argument("--data-dir", default=None, help="directory holding the CIFAR python-pickle files")
