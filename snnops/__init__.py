@@ -42,4 +42,7 @@ def empty_cache() -> int:
     return _native.empty_cache()
 
 
-__all__ = ["lif", "backends", "cpu_isa", "cpu_cache_stats", "cache_all_cpu_tensors", "empty_cache", "nn", "surrogate", "__version__"]
+__all__ = ["lif", "pack_spikes", "unpack_spikes", "spike_linear", "spike_conv1x1", "spike_linear_lowbit",
+           "quantize_weight", "lowbit_weight", "QuantizedWeight", "ptt_conv", "tt_conv", "bn_lif", "bn_add",
+           "backends", "cpu_isa", "cpu_cache_stats", "cache_all_cpu_tensors", "empty_cache",
+           "nn", "surrogate", "tt", "__version__"]

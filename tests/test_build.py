@@ -16,6 +16,14 @@ def test_backends_report_every_op():
     assert snnops.cpu_isa() in ("avx512", "avx2", "generic", "reference")
 
 
+def test_star_import_names_every_public_function():
+    """``from snnops import *`` gives every public function of the package: each public
+    callable at the top level is in ``__all__``, and each name there exists."""
+    public = {name for name in dir(snnops) if not name.startswith("_") and callable(getattr(snnops, name))}
+    assert public <= set(snnops.__all__), sorted(public - set(snnops.__all__))
+    assert all(hasattr(snnops, name) for name in snnops.__all__)
+
+
 def test_without_native_extension_every_op_runs_the_reference_and_warns_once():
     code = textwrap.dedent("""
         import warnings
