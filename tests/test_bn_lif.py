@@ -142,6 +142,15 @@ def test_errors():
         bn_lif(torch.randn(1, 1, 4, 1, 1), w, b, rm, rv, True)
     with pytest.raises(ValueError, match="width must be > 0"):
         bn_lif(torch.randn(2, 1, 4, 3, 3), w, b, rm, rv, True, width=0.0)
+    with pytest.raises(ValueError, match="running_var must be a \\[4\\] tensor or None"):
+        bn_lif(torch.randn(2, 1, 4, 3, 3), w, b, rm, torch.ones(3), True)
+    nan = float("nan")
+    for kw, match in ((dict(momentum=1.5), "momentum must be in"), (dict(momentum=nan), "momentum must be in"),
+                      (dict(eps=-1e-5), "eps must be >= 0"), (dict(decay=-0.5), "decay must be in"),
+                      (dict(decay=nan), "decay must be in"), (dict(v_threshold=nan), "v_threshold must be finite"),
+                      (dict(v_reset=float("inf")), "v_reset must be finite"), (dict(width=nan), "width must be > 0")):
+        with pytest.raises(ValueError, match=match):
+            bn_lif(torch.randn(2, 1, 4, 3, 3), w, b, rm.clone(), rv.clone(), True, **kw)
 
 
 # ---------------------------------------------------------------------------- Triton kernels

@@ -17,6 +17,7 @@ bits (2 bits per neuron-step, as the LIF alone).
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -92,7 +93,8 @@ torch.library.register_autograd("snnops::bn_lif_fwd", _backward, setup_context=_
 
 # ---------------------------------------------------------------------------- public API
 
-def _check(z_seq, weight, bias, running_mean, running_var, training):
+def _check(z_seq, weight, bias, running_mean, running_var, training, momentum, eps, decay, v_threshold, v_reset,
+           width):
     op = "snnops.bn_lif"
     if not isinstance(z_seq, torch.Tensor) or z_seq.dim() != 5:
         raise ValueError(f"{op}: z must be a [T, B, C, H, W] tensor, got "
@@ -104,13 +106,28 @@ def _check(z_seq, weight, bias, running_mean, running_var, training):
         if not isinstance(t, torch.Tensor) or tuple(t.shape) != (c,):
             raise ValueError(f"{op}: {name} must be a [{c}] tensor (one per channel), got "
                              f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
-    if not training:
-        for name, t in (("running_mean", running_mean), ("running_var", running_var)):
-            if not isinstance(t, torch.Tensor) or tuple(t.shape) != (c,):
+    for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+        if t is None:
+            if not training:
                 raise ValueError(f"{op}: eval mode needs {name} of shape [{c}]")
-    elif z_seq.shape[0] * z_seq.shape[1] * z_seq.shape[3] * z_seq.shape[4] < 2:
+        elif not isinstance(t, torch.Tensor) or tuple(t.shape) != (c,):
+            raise ValueError(f"{op}: {name} must be a [{c}] tensor or None, got "
+                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+    if training and z_seq.shape[0] * z_seq.shape[1] * z_seq.shape[3] * z_seq.shape[4] < 2:
         raise ValueError(f"{op}: training-mode statistics need more than one value per channel, got input "
                          f"shape {tuple(z_seq.shape)}")
+    # written so that NaN fails each test too
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"{op}: momentum must be in [0, 1], got {momentum}")
+    if not eps >= 0.0:
+        raise ValueError(f"{op}: eps must be >= 0, got {eps}")
+    if not 0.0 <= decay <= 1.0:
+        raise ValueError(f"{op}: decay must be in [0, 1], got {decay}")
+    for name, value in (("v_threshold", v_threshold), ("v_reset", v_reset)):
+        if not math.isfinite(value):
+            raise ValueError(f"{op}: {name} must be finite, got {value}")
+    if not width > 0:
+        raise ValueError(f"{op}: width must be > 0, got {width}")
 
 
 def bn_lif(z_seq: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, running_mean: Optional[torch.Tensor],
@@ -131,9 +148,8 @@ def bn_lif(z_seq: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, runnin
     Returns ``(spikes, packed)``: spikes ``[T, B, C, H, W]`` (channels-last frames) and
     the same spikes bit-packed along C, int32 ``[T, B, H, W, ceil(C/32)]``.
     """
-    _check(z_seq, weight, bias, running_mean, running_var, training)
-    if not width > 0:
-        raise ValueError(f"snnops.bn_lif: width must be > 0, got {width}")
+    _check(z_seq, weight, bias, running_mean, running_var, training, momentum, eps, decay, v_threshold, v_reset,
+           width)
     steps, batch, c, h, w = z_seq.shape
     rows = batch * h * w
     z = z_seq.permute(0, 1, 3, 4, 2).reshape(steps, rows, c)   # a view for channels-last frames
