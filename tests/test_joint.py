@@ -12,14 +12,7 @@ from snnops.joint import (BACKBONES, DualBatchNorm2d, DualOutput, JointLoss, WFT
 from snnops.joint import networks as jnet
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These layers are tiny: on a loaded 2-core machine two OpenMP threads made a width-4
-    # ResNet-18 forward 50x slower (2.8 s vs 0.06 s, measured) waiting at barriers.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- WFT layers

@@ -14,14 +14,7 @@ from snnops.lite.search_space import PRIMITIVES, SearchNetwork, num_edges
 BITS = (1, 2, 3, 4)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These networks are tiny: one thread avoids OpenMP barrier waits that cost 10x on a
-    # loaded two-core machine, and keeps results independent of the thread count.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- quantizer

@@ -7,12 +7,7 @@ from snnops.lite.decode import FixedNetwork, decode
 from snnops.lite.search_space import SearchNetwork
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _spikes(*shape, p=0.3):

@@ -12,13 +12,7 @@ from snnops.nn import MergedTTConv2d, TTConv2d
 CONVS = ("dense", "stt", "ptt", "htt")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small shapes: threads only add scheduling noise on a shared machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _spiking_bn(model, seed=0):
