@@ -107,7 +107,29 @@ def _pair(value, name, where):
     return tuple(value)
 
 
-class WFTConv2d(nn.Module):
+class _DualPathLayer(nn.Module):
+    """The bias of a layer with a weight per path: one shared by both paths, or one per
+    path with ``weights="separate"`` (``self.weights`` set before ``_init_bias``)."""
+
+    def _init_bias(self, bias: bool, n: int, fan_in: int):
+        self.bias_ann = self.bias_snn = self.bias = None
+        if not bias:
+            return
+        bound = 1.0 / math.sqrt(fan_in)  # nn.Conv2d's and nn.Linear's default
+        b = torch.empty(n).uniform_(-bound, bound)
+        if self.weights == "separate":
+            self.bias_ann = nn.Parameter(b.clone())
+            self.bias_snn = nn.Parameter(b.clone())
+        else:
+            self.bias = nn.Parameter(b)
+
+    def path_bias(self, path):
+        if self.weights == "separate":
+            return self.bias_ann if path == "ann" else self.bias_snn
+        return self.bias
+
+
+class WFTConv2d(_DualPathLayer):
     """2-D convolution with a weight per path (see the module docstring).
 
     Args:
@@ -141,24 +163,7 @@ class WFTConv2d(nn.Module):
         # [Cout, Cin, kh, kw] -> one [Cout, Cin] matrix per kernel position.
         self.factors = _DualWeight(weight.detach().permute(2, 3, 0, 1), weights, where)
         self.weights = self.factors.mode
-        self._init_bias(bias, out_channels)
-
-    def _init_bias(self, bias, n):
-        self.bias_ann = self.bias_snn = self.bias = None
-        if not bias:
-            return
-        bound = 1.0 / math.sqrt(self.in_channels * self.kernel_size[0] * self.kernel_size[1])
-        b = torch.empty(n).uniform_(-bound, bound)
-        if self.weights == "separate":
-            self.bias_ann = nn.Parameter(b.clone())
-            self.bias_snn = nn.Parameter(b.clone())
-        else:
-            self.bias = nn.Parameter(b)
-
-    def path_bias(self, path):
-        if self.weights == "separate":
-            return self.bias_ann if path == "ann" else self.bias_snn
-        return self.bias
+        self._init_bias(bias, out_channels, in_channels * self.kernel_size[0] * self.kernel_size[1])
 
     def composed_weight(self, path: str) -> torch.Tensor:
         """The dense weight ``[Cout, Cin, kh, kw]`` of ``path``."""
@@ -183,7 +188,7 @@ class WFTConv2d(nn.Module):
                 f"weights={self.weights!r}")
 
 
-class WFTLinear(nn.Module):
+class WFTLinear(_DualPathLayer):
     """Linear layer with a weight per path: ``W_path = U diag(sigma_path) V`` with
     ``U: [out, r]``, ``V: [r, in]`` (``weights="wft"``), or as ``WFTConv2d`` for the others.
 
@@ -206,20 +211,7 @@ class WFTLinear(nn.Module):
                              f"{getattr(weight, 'shape', type(weight).__name__)}")
         self.factors = _DualWeight(weight.detach(), weights, where)
         self.weights = self.factors.mode
-        self.bias_ann = self.bias_snn = self.bias = None
-        if bias:
-            bound = 1.0 / math.sqrt(in_features)
-            b = torch.empty(out_features).uniform_(-bound, bound)
-            if self.weights == "separate":
-                self.bias_ann = nn.Parameter(b.clone())
-                self.bias_snn = nn.Parameter(b.clone())
-            else:
-                self.bias = nn.Parameter(b)
-
-    def path_bias(self, path):
-        if self.weights == "separate":
-            return self.bias_ann if path == "ann" else self.bias_snn
-        return self.bias
+        self._init_bias(bias, out_features, in_features)
 
     def composed_weight(self, path: str) -> torch.Tensor:
         """The dense weight ``[out_features, in_features]`` of ``path``."""
