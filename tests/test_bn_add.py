@@ -395,3 +395,12 @@ def test_past_2_31_elements(large):
                                atol=float((tiled_sum(terms.abs()) * ist).max()) * 2**-40)
     torch.testing.assert_close(gbias.double(), tiled_sum(gb.double()), rtol=1e-6,
                                atol=float(tiled_sum(gb.double().abs()).max()) * 2**-40)
+
+
+def test_no_channels_in_training():
+    """C = 0: an empty output and gradient, the (empty) running statistics untouched."""
+    z = torch.zeros(2, 2, 0, 3, 3, requires_grad=True)
+    w, b = torch.ones(0, requires_grad=True), torch.zeros(0, requires_grad=True)
+    y = bn_add(z, None, w, b, torch.zeros(0), torch.ones(0), True)
+    y.sum().backward()
+    assert y.shape == z.shape and z.grad.shape == z.shape and w.grad.shape == (0,)

@@ -385,3 +385,12 @@ def test_past_2_31_elements(large):
     for got, exact in ((gw, whole * pw + qw), (gb, whole * pb + qb)):
         # float32 of double sums; the atol for a channel whose sum nearly cancels
         torch.testing.assert_close(got.double(), exact, rtol=1e-6, atol=1e-6 * float(exact.abs().max()))
+
+
+def test_no_channels_in_training():
+    """C = 0: empty spikes, packed words and gradient."""
+    z = torch.zeros(2, 2, 0, 3, 3, requires_grad=True)
+    w, b = torch.ones(0, requires_grad=True), torch.zeros(0, requires_grad=True)
+    s, packed = bn_lif(z, w, b, torch.zeros(0), torch.ones(0), True)
+    s.sum().backward()
+    assert s.shape == z.shape and packed.shape == (2, 2, 3, 3, 0) and z.grad.shape == z.shape

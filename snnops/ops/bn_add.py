@@ -21,6 +21,7 @@ from typing import Optional
 import torch
 
 from .. import reference
+from ._batch_norm import check_batch_norm, shape_of, stat_dtype, update_running_stats
 from ._registry import define
 
 __all__ = ["bn_add"]
@@ -44,10 +45,6 @@ define("bn_add_bwd(Tensor grad_y, Tensor z, Tensor weight, Tensor mean, Tensor i
        cpu_reference=reference.bn_add_bwd, cuda_kernel=_triton_bwd)
 
 
-def _stat_dtype(z):
-    return torch.float64 if z.dtype == torch.float64 else torch.float32
-
-
 def _empty_like_rows(z):
     """An uninitialized tensor of z's shape: rows as they are, frames channels-last."""
     if z.dim() == 2:
@@ -64,7 +61,7 @@ def _channels(z):
 @torch.library.register_fake("snnops::bn_add_fwd")
 def _fwd_fake(z, residual, weight, bias, running_mean, running_var, training, eps):
     c = _channels(z)
-    st = _stat_dtype(z)
+    st = stat_dtype(z)
     return _empty_like_rows(z), z.new_empty((c,), dtype=st), z.new_empty((c,), dtype=st), z.new_empty((c,), dtype=st)
 
 
@@ -101,39 +98,15 @@ torch.library.register_autograd("snnops::bn_add_fwd", _backward, setup_context=_
 
 # ---------------------------------------------------------------------------- public API
 
-def _shape(t):
-    return tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-
-
 def _check(z_seq, residual, weight, bias, running_mean, running_var, training, momentum, eps):
     op = "snnops.bn_add"
-    if not isinstance(z_seq, torch.Tensor) or z_seq.dim() != 5:
-        raise ValueError(f"{op}: z must be a [T, B, C, H, W] tensor, got {_shape(z_seq)}")
-    if z_seq.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"{op}: z must be float32 or float64, got {z_seq.dtype}")
+    check_batch_norm(op, z_seq, weight, bias, running_mean, running_var, training, momentum, eps)
     if residual is not None:
         if not isinstance(residual, torch.Tensor) or residual.shape != z_seq.shape:
-            raise ValueError(f"{op}: residual must have z's shape {tuple(z_seq.shape)}, got {_shape(residual)}")
+            raise ValueError(f"{op}: residual must have z's shape {tuple(z_seq.shape)}, got {shape_of(residual)}")
         if residual.dtype != z_seq.dtype or residual.device != z_seq.device:
             raise TypeError(f"{op}: residual must have z's dtype and device ({z_seq.dtype}, {z_seq.device}), got "
                             f"{residual.dtype}, {residual.device}")
-    c = z_seq.shape[2]
-    for name, t in (("weight", weight), ("bias", bias)):
-        if not isinstance(t, torch.Tensor) or tuple(t.shape) != (c,):
-            raise ValueError(f"{op}: {name} must be a [{c}] tensor (one per channel), got {_shape(t)}")
-    for name, t in (("running_mean", running_mean), ("running_var", running_var)):
-        if t is None:
-            if not training:
-                raise ValueError(f"{op}: eval mode needs {name} of shape [{c}]")
-        elif not isinstance(t, torch.Tensor) or tuple(t.shape) != (c,):
-            raise ValueError(f"{op}: {name} must be a [{c}] tensor or None, got {_shape(t)}")
-    if training and z_seq.numel() // max(c, 1) < 2:
-        raise ValueError(f"{op}: training-mode statistics need more than one value per channel, got input "
-                         f"shape {tuple(z_seq.shape)}")
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"{op}: momentum must be in [0, 1], got {momentum}")
-    if not eps >= 0.0:
-        raise ValueError(f"{op}: eps must be >= 0, got {eps}")
 
 
 def bn_add(z_seq: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor,
@@ -156,9 +129,7 @@ def bn_add(z_seq: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.
     _check(z_seq, residual, weight, bias, running_mean, running_var, training, momentum, eps)
     y, mean, _, var = torch.ops.snnops.bn_add_fwd(z_seq, residual, weight, bias, running_mean, running_var,
                                                  bool(training), float(eps))
-    if training and running_mean is not None and running_var is not None:
-        n = z_seq.numel() // z_seq.shape[2]
-        with torch.no_grad():
-            running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
-            running_var.mul_(1 - momentum).add_(var.to(running_var.dtype) * (n / max(n - 1, 1)), alpha=momentum)
+    if training:
+        t, b, _, h, w = z_seq.shape
+        update_running_stats(running_mean, running_var, mean, var, t * b * h * w, momentum)
     return y

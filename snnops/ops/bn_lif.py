@@ -23,6 +23,7 @@ from typing import Optional
 import torch
 
 from .. import reference
+from ._batch_norm import check_batch_norm, stat_dtype, update_running_stats
 from ._registry import define
 
 __all__ = ["bn_lif"]
@@ -48,15 +49,11 @@ define("bn_lif_bwd(Tensor grad_spikes, Tensor z, Tensor weight, Tensor mean, Ten
        cpu_reference=reference.bn_lif_bwd, cuda_kernel=_triton_bwd)
 
 
-def _stat_dtype(z):
-    return torch.float64 if z.dtype == torch.float64 else torch.float32
-
-
 @torch.library.register_fake("snnops::bn_lif_fwd")
 def _fwd_fake(z, weight, bias, running_mean, running_var, training, eps, decay, v_threshold, v_reset, width):
     steps, rows, c = z.shape
     words = (c + 31) // 32
-    st = _stat_dtype(z)
+    st = stat_dtype(z)
     return (z.new_empty((steps, rows, c)), z.new_empty((steps, rows, words), dtype=torch.int32),
             z.new_empty((steps, rows, words), dtype=torch.int32), z.new_empty((c,), dtype=st),
             z.new_empty((c,), dtype=st), z.new_empty((c,), dtype=st))
@@ -96,32 +93,8 @@ torch.library.register_autograd("snnops::bn_lif_fwd", _backward, setup_context=_
 def _check(z_seq, weight, bias, running_mean, running_var, training, momentum, eps, decay, v_threshold, v_reset,
            width):
     op = "snnops.bn_lif"
-    if not isinstance(z_seq, torch.Tensor) or z_seq.dim() != 5:
-        raise ValueError(f"{op}: z must be a [T, B, C, H, W] tensor, got "
-                         f"{tuple(z_seq.shape) if isinstance(z_seq, torch.Tensor) else type(z_seq).__name__}")
-    if z_seq.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"{op}: z must be float32 or float64, got {z_seq.dtype}")
-    c = z_seq.shape[2]
-    for name, t in (("weight", weight), ("bias", bias)):
-        if not isinstance(t, torch.Tensor) or tuple(t.shape) != (c,):
-            raise ValueError(f"{op}: {name} must be a [{c}] tensor (one per channel), got "
-                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
-    for name, t in (("running_mean", running_mean), ("running_var", running_var)):
-        if t is None:
-            if not training:
-                raise ValueError(f"{op}: eval mode needs {name} of shape [{c}]")
-        elif not isinstance(t, torch.Tensor) or tuple(t.shape) != (c,):
-            raise ValueError(f"{op}: {name} must be a [{c}] tensor or None, got "
-                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
-    if training and z_seq.shape[0] * z_seq.shape[1] * z_seq.shape[3] * z_seq.shape[4] < 2:
-        raise ValueError(f"{op}: training-mode statistics need more than one value per channel, got input "
-                         f"shape {tuple(z_seq.shape)}")
-    # written so that NaN fails each test too
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"{op}: momentum must be in [0, 1], got {momentum}")
-    if not eps >= 0.0:
-        raise ValueError(f"{op}: eps must be >= 0, got {eps}")
-    if not 0.0 <= decay <= 1.0:
+    check_batch_norm(op, z_seq, weight, bias, running_mean, running_var, training, momentum, eps)
+    if not 0.0 <= decay <= 1.0:  # NaN fails too
         raise ValueError(f"{op}: decay must be in [0, 1], got {decay}")
     for name, value in (("v_threshold", v_threshold), ("v_reset", v_reset)):
         if not math.isfinite(value):
@@ -156,10 +129,7 @@ def bn_lif(z_seq: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, runnin
     spikes, packed, _, mean, _, var = torch.ops.snnops.bn_lif_fwd(
         z, weight, bias, running_mean, running_var, bool(training), float(eps), float(decay), float(v_threshold),
         float(v_reset), float(width))
-    if training and running_mean is not None and running_var is not None:
-        n = steps * rows
-        with torch.no_grad():
-            running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
-            running_var.mul_(1 - momentum).add_(var.to(running_var.dtype) * (n / max(n - 1, 1)), alpha=momentum)
+    if training:
+        update_running_stats(running_mean, running_var, mean, var, steps * rows, momentum)
     spikes = spikes.view(steps, batch, h, w, c).permute(0, 1, 4, 2, 3)
     return spikes, packed.view(steps, batch, h, w, -1)
