@@ -17,8 +17,7 @@ import torch
 from .compconv import CompConv2d
 from .cost import check_t_max
 from .quant import check_bits, check_keep_ratio
-from .search_space import (PRIMITIVES, Classifier, Preprocess, SearchNetwork, Spike, Stem, make_op,
-                           reduction_layers)
+from .search_space import PRIMITIVES, Classifier, Preprocess, SearchNetwork, Spike, Stem, cell_stack, make_op
 
 __all__ = ["Genotype", "decode", "decode_cell", "FixedCell", "FixedNetwork"]
 
@@ -145,21 +144,11 @@ class FixedNetwork(torch.nn.Module):
         self.in_channels, self.num_classes = in_channels, num_classes
         self.aux_index = 2 * layers // 3 if auxiliary and layers >= 3 else None
         self.stem = Stem(in_channels, channels)
-        reductions = reduction_layers(layers)
-        c_pp, c_p, c = channels, channels, channels
-        self.cells = torch.nn.ModuleList()
-        reduction_prev, c_aux = False, None
-        for l in range(layers):
-            reduction = l in reductions
-            if reduction:
-                c *= 2
-            nodes = genotype.reduce if reduction else genotype.normal
-            self.cells.append(FixedCell(nodes, steps, c_pp, c_p, c, reduction, reduction_prev, genotype.bits,
-                                        f"cells.{l}", keep_ratio))
-            reduction_prev = reduction
-            c_pp, c_p = c_p, steps * c
-            if l == self.aux_index:
-                c_aux = c_p
+        self.cells, c_p, c_aux = cell_stack(
+            layers, steps, channels, self.aux_index,
+            lambda i, c_pp, c_p, c, red, red_prev: FixedCell(genotype.reduce if red else genotype.normal, steps, c_pp,
+                                                             c_p, c, red, red_prev, genotype.bits, f"cells.{i}",
+                                                             keep_ratio))
         self.classifier = Classifier(c_p, num_classes)
         self.aux_classifier = Classifier(c_aux, num_classes) if c_aux is not None else None
         for _, m in self.compconvs():

@@ -43,7 +43,7 @@ from .cost import check_t_max
 from .quant import check_bits, check_keep_ratio
 
 __all__ = ["PRIMITIVES", "Spike", "SeqBN", "ConvBN", "Skip", "Stem", "Preprocess", "Classifier",
-           "MixedEdge", "SearchCell", "SearchNetwork", "reduction_layers", "num_edges"]
+           "MixedEdge", "SearchCell", "SearchNetwork", "reduction_layers", "cell_stack", "num_edges"]
 
 PRIMITIVES = ("conv_3x3", "skip")
 
@@ -55,6 +55,27 @@ DSPIKE_B = 3.0
 def reduction_layers(layers: int):
     """Indices of the reduction cells: ``layers // 3`` and ``2 * layers // 3`` (distinct, > 0)."""
     return sorted({i for i in (layers // 3, 2 * layers // 3) if 0 < i < layers})
+
+
+def cell_stack(layers: int, steps: int, channels: int, aux_index, make_cell):
+    """The cells of a network: channels double at the reduction layers, and each cell
+    reads the outputs of the two before it (``steps * c`` channels each).
+    ``make_cell(index, c_pp, c_p, c, reduction, reduction_prev)`` builds one. Returns
+    ``(cells, channels out, channels at the auxiliary head or None)``."""
+    reductions = reduction_layers(layers)
+    c_pp = c_p = c = channels
+    cells = torch.nn.ModuleList()
+    reduction_prev, c_aux = False, None
+    for i in range(layers):
+        reduction = i in reductions
+        if reduction:
+            c *= 2
+        cells.append(make_cell(i, c_pp, c_p, c, reduction, reduction_prev))
+        reduction_prev = reduction
+        c_pp, c_p = c_p, steps * c
+        if i == aux_index:
+            c_aux = c_p
+    return cells, c_p, c_aux
 
 
 def num_edges(steps: int) -> int:
@@ -228,20 +249,10 @@ class SearchNetwork(torch.nn.Module):
         self.reductions = reduction_layers(layers)
         self.aux_index = 2 * layers // 3 if auxiliary and layers >= 3 else None
         self.stem = Stem(in_channels, channels)
-        c_pp, c_p, c = channels, channels, channels
-        self.cells = torch.nn.ModuleList()
-        reduction_prev = False
-        c_aux = None
-        for i in range(layers):
-            reduction = i in self.reductions
-            if reduction:
-                c *= 2
-            self.cells.append(SearchCell(steps, c_pp, c_p, c, reduction, reduction_prev, self.bits,
-                                         self.keep_ratio))
-            reduction_prev = reduction
-            c_pp, c_p = c_p, steps * c
-            if i == self.aux_index:
-                c_aux = c_p
+        self.cells, c_p, c_aux = cell_stack(
+            layers, steps, channels, self.aux_index,
+            lambda i, c_pp, c_p, c, red, red_prev: SearchCell(steps, c_pp, c_p, c, red, red_prev, self.bits,
+                                                              self.keep_ratio))
         self.classifier = Classifier(c_p, num_classes)
         self.aux_classifier = Classifier(c_aux, num_classes) if c_aux is not None else None
         n = num_edges(steps)
