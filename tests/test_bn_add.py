@@ -228,6 +228,10 @@ def test_errors():
         bn_add(torch.randn(1, 1, 4, 1, 1), None, w, b, rm, rv, True)
     with pytest.raises(ValueError, match="momentum must be in"):
         bn_add(z, None, w, b, rm, rv, True, momentum=2.0)
+    with pytest.raises(ValueError, match="None \\(a cumulative average\\) is not supported"):
+        bn_add(z, None, w, b, rm, rv, True, momentum=None)
+    with pytest.raises(TypeError, match="eps must be a number, got str"):
+        bn_add(z, None, w, b, rm, rv, True, eps="1e-5")
     # the op itself (C++: RuntimeError; the reference, without the extension: ValueError)
     errors = (RuntimeError, ValueError)
     with pytest.raises(errors, match="training-mode statistics need at least one value"):

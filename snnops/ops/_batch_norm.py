@@ -38,6 +38,11 @@ def check_batch_norm(op: str, z_seq, weight, bias, running_mean, running_var, tr
     if training and z_seq.shape[0] * z_seq.shape[1] * z_seq.shape[3] * z_seq.shape[4] < 2:
         raise ValueError(f"{op}: training-mode statistics need more than one value per channel, got input "
                          f"shape {tuple(z_seq.shape)}")
+    if momentum is None:  # nn.BatchNorm2d's cumulative average
+        raise ValueError(f"{op}: momentum must be a number in [0, 1]; None (a cumulative average) is not supported")
+    for name, value in (("momentum", momentum), ("eps", eps)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{op}: {name} must be a number, got {type(value).__name__}")
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"{op}: momentum must be in [0, 1], got {momentum}")
     if not eps >= 0.0:
