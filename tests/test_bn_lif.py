@@ -148,8 +148,14 @@ def test_errors():
     for kw, match in ((dict(momentum=1.5), "momentum must be in"), (dict(momentum=nan), "momentum must be in"),
                       (dict(eps=-1e-5), "eps must be >= 0"), (dict(decay=-0.5), "decay must be in"),
                       (dict(decay=nan), "decay must be in"), (dict(v_threshold=nan), "v_threshold must be finite"),
-                      (dict(v_reset=float("inf")), "v_reset must be finite"), (dict(width=nan), "width must be > 0")):
+                      (dict(v_reset=float("inf")), "v_reset must be finite"), (dict(width=nan), "width must be > 0"),
+                      (dict(momentum=None), "None \\(a cumulative average\\) is not supported")):
         with pytest.raises(ValueError, match=match):
+            bn_lif(torch.randn(2, 1, 4, 3, 3), w, b, rm.clone(), rv.clone(), True, **kw)
+    for kw, match in ((dict(decay="0.25"), "decay must be a number, got str"),
+                      (dict(eps=True), "eps must be a number, got bool"),
+                      (dict(v_threshold=torch.tensor(0.5, requires_grad=True)), "v_threshold is a tensor that requires")):
+        with pytest.raises(TypeError, match=match):
             bn_lif(torch.randn(2, 1, 4, 3, 3), w, b, rm.clone(), rv.clone(), True, **kw)
 
 

@@ -378,6 +378,14 @@ class _FakeSJSigmoid:  # stands in for spikingjelly.activation_based.surrogate.S
         self.alpha = alpha
 
 
+def test_numbers_of_other_types_are_the_same_parameters():
+    np = pytest.importorskip("numpy")
+    x = torch.randn(5, 10)
+    want = snnops.lif(x, tau=2.0, v_threshold=0.5, decay_input=True)[0]
+    for tau, vth, flag in ((2, np.float32(0.5), 1), (np.float64(2.0), torch.tensor(0.5), np.bool_(True))):
+        assert torch.equal(snnops.lif(x, tau=tau, v_threshold=vth, decay_input=flag)[0], want)
+
+
 def test_spikingjelly_surrogate_object_is_accepted():
     _FakeSJSigmoid.__name__ = "Sigmoid"
     assert S.get(_FakeSJSigmoid(2.5)) == S.Sigmoid(2.5)
@@ -396,6 +404,13 @@ def test_spikingjelly_surrogate_object_is_accepted():
     (lambda: snnops.lif(torch.ones(3, 4), decay=0.5, tau=2.0), "either tau"),
     (lambda: snnops.nn.LIF(tau=1.0), "tau must be"),
     (lambda: snnops.lif(torch.ones(3, 4), surrogate="triangle", v_threshold=0.0), "v_threshold > 0"),
+    (lambda: snnops.lif(torch.ones(3, 4), tau="2"), "tau must be a number, got str"),
+    (lambda: snnops.lif(torch.ones(3, 4), decay=True), "decay must be a number, got bool"),
+    (lambda: snnops.lif(torch.ones(3, 4), v_threshold=torch.tensor(0.5, requires_grad=True)),
+     "v_threshold is a tensor that requires grad"),
+    (lambda: snnops.lif(torch.ones(3, 4), v_reset=torch.zeros(2)), "v_reset must be a number"),
+    (lambda: snnops.lif(torch.ones(3, 4), decay_input="yes"), "decay_input must be True or False"),
+    (lambda: snnops.lif(torch.ones(3, 4), detach_reset=None), "detach_reset must be True or False"),
 ])
 def test_bad_input_names_the_argument(call, match):
     with pytest.raises((ValueError, TypeError), match=match):

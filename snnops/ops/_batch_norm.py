@@ -6,6 +6,8 @@ from typing import Optional
 
 import torch
 
+from ._params import number
+
 
 def shape_of(t) -> object:
     return tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
@@ -17,10 +19,11 @@ def stat_dtype(z: torch.Tensor) -> torch.dtype:
 
 
 def check_batch_norm(op: str, z_seq, weight, bias, running_mean, running_var, training: bool, momentum: float,
-                     eps: float) -> None:
+                     eps: float) -> tuple:
     """z_seq a float32/float64 ``[T, B, C, H, W]``; weight, bias ``[C]``; running
     statistics ``[C]`` (or None in training mode); enough values per channel for
-    training statistics; momentum in [0, 1]; eps >= 0 (each test fails on NaN too)."""
+    training statistics; momentum in [0, 1]; eps >= 0 (each test fails on NaN too).
+    Returns ``(momentum, eps)`` as floats."""
     if not isinstance(z_seq, torch.Tensor) or z_seq.dim() != 5:
         raise ValueError(f"{op}: z must be a [T, B, C, H, W] tensor, got {shape_of(z_seq)}")
     if z_seq.dtype not in (torch.float32, torch.float64):
@@ -40,13 +43,12 @@ def check_batch_norm(op: str, z_seq, weight, bias, running_mean, running_var, tr
                          f"shape {tuple(z_seq.shape)}")
     if momentum is None:  # nn.BatchNorm2d's cumulative average
         raise ValueError(f"{op}: momentum must be a number in [0, 1]; None (a cumulative average) is not supported")
-    for name, value in (("momentum", momentum), ("eps", eps)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{op}: {name} must be a number, got {type(value).__name__}")
+    momentum, eps = number(op, "momentum", momentum), number(op, "eps", eps)
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"{op}: momentum must be in [0, 1], got {momentum}")
     if not eps >= 0.0:
         raise ValueError(f"{op}: eps must be >= 0, got {eps}")
+    return momentum, eps
 
 
 def update_running_stats(running_mean: Optional[torch.Tensor], running_var: Optional[torch.Tensor],

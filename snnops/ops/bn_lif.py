@@ -24,6 +24,7 @@ import torch
 
 from .. import reference
 from ._batch_norm import check_batch_norm, stat_dtype, update_running_stats
+from ._params import number
 from ._registry import define
 
 __all__ = ["bn_lif"]
@@ -93,7 +94,9 @@ torch.library.register_autograd("snnops::bn_lif_fwd", _backward, setup_context=_
 def _check(z_seq, weight, bias, running_mean, running_var, training, momentum, eps, decay, v_threshold, v_reset,
            width):
     op = "snnops.bn_lif"
-    check_batch_norm(op, z_seq, weight, bias, running_mean, running_var, training, momentum, eps)
+    momentum, eps = check_batch_norm(op, z_seq, weight, bias, running_mean, running_var, training, momentum, eps)
+    decay, v_threshold, v_reset, width = (number(op, name, value) for name, value in (
+        ("decay", decay), ("v_threshold", v_threshold), ("v_reset", v_reset), ("width", width)))
     if not 0.0 <= decay <= 1.0:  # NaN fails too
         raise ValueError(f"{op}: decay must be in [0, 1], got {decay}")
     for name, value in (("v_threshold", v_threshold), ("v_reset", v_reset)):
@@ -101,6 +104,7 @@ def _check(z_seq, weight, bias, running_mean, running_var, training, momentum, e
             raise ValueError(f"{op}: {name} must be finite, got {value}")
     if not width > 0:
         raise ValueError(f"{op}: width must be > 0, got {width}")
+    return momentum, eps, decay, v_threshold, v_reset, width
 
 
 def bn_lif(z_seq: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, running_mean: Optional[torch.Tensor],
@@ -121,8 +125,8 @@ def bn_lif(z_seq: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, runnin
     Returns ``(spikes, packed)``: spikes ``[T, B, C, H, W]`` (channels-last frames) and
     the same spikes bit-packed along C, int32 ``[T, B, H, W, ceil(C/32)]``.
     """
-    _check(z_seq, weight, bias, running_mean, running_var, training, momentum, eps, decay, v_threshold, v_reset,
-           width)
+    momentum, eps, decay, v_threshold, v_reset, width = _check(
+        z_seq, weight, bias, running_mean, running_var, training, momentum, eps, decay, v_threshold, v_reset, width)
     steps, batch, c, h, w = z_seq.shape
     rows = batch * h * w
     z = z_seq.permute(0, 1, 3, 4, 2).reshape(steps, rows, c)   # a view for channels-last frames

@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 
 from .. import reference, surrogate as _surrogate
+from ._params import flag, number
 from ._registry import define
 
 
@@ -128,30 +129,33 @@ def resolve_params(*, tau, decay_input, v_threshold, v_reset, detach_reset, deca
 
     Returns ``(decay, input_scale, v_threshold, v_reset, surrogate_obj, detach_reset)``.
     """
+    op = "snnops.lif"
+    decay_input = flag(op, "decay_input", decay_input)
+    detach_reset = flag(op, "detach_reset", detach_reset)
     if decay is not None:
         if tau is not None:
             raise ValueError("snnops.lif: give either tau (SpikingJelly form) or decay (factor form), not both")
-        decay = float(decay)
+        decay = number(op, "decay", decay)
         if not (0.0 <= decay <= 1.0):
             raise ValueError(f"snnops.lif: decay must be in [0, 1], got {decay}")
         input_scale = 1.0
     else:
-        tau = 2.0 if tau is None else float(tau)
+        tau = 2.0 if tau is None else number(op, "tau", tau)
         if not (tau > 1.0 and math.isfinite(tau)):
             raise ValueError(f"snnops.lif: tau must be a finite number > 1, got {tau}")
         decay = 1.0 - 1.0 / tau
         input_scale = 1.0 / tau if decay_input else 1.0
-    v_threshold = float(v_threshold)
+    v_threshold = number(op, "v_threshold", v_threshold)
     if not math.isfinite(v_threshold):
         raise ValueError(f"snnops.lif: v_threshold must be finite, got {v_threshold}")
     if v_reset is not None:
-        v_reset = float(v_reset)
+        v_reset = number(op, "v_reset", v_reset)
         if not math.isfinite(v_reset):
             raise ValueError(f"snnops.lif: v_reset must be a finite float or None (soft reset), got {v_reset}")
     sg = _surrogate.get(surrogate)
     if isinstance(sg, _surrogate.Triangle) and v_threshold <= 0:
         raise ValueError(f"snnops.lif: the triangle surrogate needs v_threshold > 0, got {v_threshold}")
-    return decay, input_scale, v_threshold, v_reset, sg, bool(detach_reset)
+    return decay, input_scale, v_threshold, v_reset, sg, detach_reset
 
 
 def check_lif_input(x_seq, v):
