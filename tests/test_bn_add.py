@@ -232,6 +232,8 @@ def test_errors():
         bn_add(z, None, w, b, rm, rv, True, momentum=None)
     with pytest.raises(TypeError, match="eps must be a number, got str"):
         bn_add(z, None, w, b, rm, rv, True, eps="1e-5")
+    with pytest.raises(TypeError, match="training must be True or False"):
+        bn_add(z, None, w, b, rm, rv, "no")
     # the op itself (C++: RuntimeError; the reference, without the extension: ValueError)
     errors = (RuntimeError, ValueError)
     with pytest.raises(errors, match="training-mode statistics need at least one value"):

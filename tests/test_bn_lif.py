@@ -154,9 +154,11 @@ def test_errors():
             bn_lif(torch.randn(2, 1, 4, 3, 3), w, b, rm.clone(), rv.clone(), True, **kw)
     for kw, match in ((dict(decay="0.25"), "decay must be a number, got str"),
                       (dict(eps=True), "eps must be a number, got bool"),
-                      (dict(v_threshold=torch.tensor(0.5, requires_grad=True)), "v_threshold is a tensor that requires")):
+                      (dict(v_threshold=torch.tensor(0.5, requires_grad=True)), "v_threshold is a tensor that")):
         with pytest.raises(TypeError, match=match):
             bn_lif(torch.randn(2, 1, 4, 3, 3), w, b, rm.clone(), rv.clone(), True, **kw)
+    with pytest.raises(TypeError, match="training must be True or False"):
+        bn_lif(torch.randn(2, 1, 4, 3, 3), w, b, rm, rv, "no")
 
 
 # ---------------------------------------------------------------------------- Triton kernels

@@ -327,6 +327,10 @@ def test_lowbit_bad_input():
         snnops.quantize_weight(torch.ones(4, 40), 2)
     with pytest.raises(RuntimeError, match="only 0 or 1"):
         snnops.spike_linear_lowbit(torch.full((3, 40), 0.5), q)
+    with pytest.raises(TypeError, match="per_channel must be True or False"):
+        snnops.quantize_weight(torch.randn(4, 40), 2, per_channel="no")
+    with pytest.raises(TypeError, match="step must be a number, got str"):
+        snnops.quantize_weight(torch.randn(4, 40), 2, step="0.1")
 
 
 # ---------------------------------------------------------------------------- bad input

@@ -512,6 +512,15 @@ def test_tt_conv_bad_input():
         torch.ops.snnops.tt_conv(None, x, g1, w2, w3, w4, True, [], False)
     with pytest.raises(ValueError, match="x has 5 channels"):
         snnops.tt_conv(torch.zeros(2, 5, 5, 5), g1, w2, w3, w4)
+    # flags are booleans: a string would count as True
+    x = torch.zeros(2, 8, 5, 5)
+    for kw, match in ((dict(parallel="no"), "parallel must be True or False"), (dict(pool="no"), "pool must be"),
+                      (dict(spiking="no"), "spiking must be"), (dict(schedule="FH"), "schedule must be a sequence"),
+                      (dict(schedule=[True, "no"]), "schedule entries must be True or False")):
+        with pytest.raises(TypeError, match=match):
+            snnops.tt_conv(x, g1, w2, w3, w4, **kw)
+    with pytest.raises(TypeError, match="pool must be True or False"):
+        tt_block_fn(torch.randn(2, 4, 5, 5), w2, w3, w4, pool="no")
 
 
 # ----------------------------------------------------------------------- the layer on the kernels

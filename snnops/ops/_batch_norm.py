@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from ._params import number
+from ._params import flag, number
 
 
 def shape_of(t) -> object:
@@ -23,7 +23,8 @@ def check_batch_norm(op: str, z_seq, weight, bias, running_mean, running_var, tr
     """z_seq a float32/float64 ``[T, B, C, H, W]``; weight, bias ``[C]``; running
     statistics ``[C]`` (or None in training mode); enough values per channel for
     training statistics; momentum in [0, 1]; eps >= 0 (each test fails on NaN too).
-    Returns ``(momentum, eps)`` as floats."""
+    Returns ``(training, momentum, eps)`` as a bool and floats."""
+    training = flag(op, "training", training)
     if not isinstance(z_seq, torch.Tensor) or z_seq.dim() != 5:
         raise ValueError(f"{op}: z must be a [T, B, C, H, W] tensor, got {shape_of(z_seq)}")
     if z_seq.dtype not in (torch.float32, torch.float64):
@@ -48,7 +49,7 @@ def check_batch_norm(op: str, z_seq, weight, bias, running_mean, running_var, tr
         raise ValueError(f"{op}: momentum must be in [0, 1], got {momentum}")
     if not eps >= 0.0:
         raise ValueError(f"{op}: eps must be >= 0, got {eps}")
-    return momentum, eps
+    return training, momentum, eps
 
 
 def update_running_stats(running_mean: Optional[torch.Tensor], running_var: Optional[torch.Tensor],

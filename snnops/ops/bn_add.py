@@ -100,14 +100,15 @@ torch.library.register_autograd("snnops::bn_add_fwd", _backward, setup_context=_
 
 def _check(z_seq, residual, weight, bias, running_mean, running_var, training, momentum, eps):
     op = "snnops.bn_add"
-    momentum, eps = check_batch_norm(op, z_seq, weight, bias, running_mean, running_var, training, momentum, eps)
+    training, momentum, eps = check_batch_norm(op, z_seq, weight, bias, running_mean, running_var, training,
+                                               momentum, eps)
     if residual is not None:
         if not isinstance(residual, torch.Tensor) or residual.shape != z_seq.shape:
             raise ValueError(f"{op}: residual must have z's shape {tuple(z_seq.shape)}, got {shape_of(residual)}")
         if residual.dtype != z_seq.dtype or residual.device != z_seq.device:
             raise TypeError(f"{op}: residual must have z's dtype and device ({z_seq.dtype}, {z_seq.device}), got "
                             f"{residual.dtype}, {residual.device}")
-    return momentum, eps
+    return training, momentum, eps
 
 
 def bn_add(z_seq: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor,
@@ -127,7 +128,8 @@ def bn_add(z_seq: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.
 
     Returns ``[T, B, C, H, W]`` with channels-last frames.
     """
-    momentum, eps = _check(z_seq, residual, weight, bias, running_mean, running_var, training, momentum, eps)
+    training, momentum, eps = _check(z_seq, residual, weight, bias, running_mean, running_var, training, momentum,
+                                     eps)
     y, mean, _, var = torch.ops.snnops.bn_add_fwd(z_seq, residual, weight, bias, running_mean, running_var,
                                                  bool(training), float(eps))
     if training:

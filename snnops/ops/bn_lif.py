@@ -94,7 +94,8 @@ torch.library.register_autograd("snnops::bn_lif_fwd", _backward, setup_context=_
 def _check(z_seq, weight, bias, running_mean, running_var, training, momentum, eps, decay, v_threshold, v_reset,
            width):
     op = "snnops.bn_lif"
-    momentum, eps = check_batch_norm(op, z_seq, weight, bias, running_mean, running_var, training, momentum, eps)
+    training, momentum, eps = check_batch_norm(op, z_seq, weight, bias, running_mean, running_var, training,
+                                               momentum, eps)
     decay, v_threshold, v_reset, width = (number(op, name, value) for name, value in (
         ("decay", decay), ("v_threshold", v_threshold), ("v_reset", v_reset), ("width", width)))
     if not 0.0 <= decay <= 1.0:  # NaN fails too
@@ -104,7 +105,7 @@ def _check(z_seq, weight, bias, running_mean, running_var, training, momentum, e
             raise ValueError(f"{op}: {name} must be finite, got {value}")
     if not width > 0:
         raise ValueError(f"{op}: width must be > 0, got {width}")
-    return momentum, eps, decay, v_threshold, v_reset, width
+    return training, momentum, eps, decay, v_threshold, v_reset, width
 
 
 def bn_lif(z_seq: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, running_mean: Optional[torch.Tensor],
@@ -125,7 +126,7 @@ def bn_lif(z_seq: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, runnin
     Returns ``(spikes, packed)``: spikes ``[T, B, C, H, W]`` (channels-last frames) and
     the same spikes bit-packed along C, int32 ``[T, B, H, W, ceil(C/32)]``.
     """
-    momentum, eps, decay, v_threshold, v_reset, width = _check(
+    training, momentum, eps, decay, v_threshold, v_reset, width = _check(
         z_seq, weight, bias, running_mean, running_var, training, momentum, eps, decay, v_threshold, v_reset, width)
     steps, batch, c, h, w = z_seq.shape
     rows = batch * h * w

@@ -25,6 +25,7 @@ import torch
 from ..reference.spike_gemm import packed_words
 from ..reference.spike_gemm import spike_gemm as _ref_gemm, spike_gemm_bwd as _ref_bwd
 from ..reference.spike_gemm import spike_gemm_lowbit as _ref_lowbit, spike_gemm_packed as _ref_packed
+from ._params import flag, number
 from ._registry import define
 from .pack import pack_spikes, unpack_spikes
 
@@ -362,8 +363,11 @@ def quantize_weight(weight: torch.Tensor, bits: int, *, per_channel: bool = Fals
     """
     op = "snnops.quantize_weight"
     _check_bits(bits, op)
+    per_channel = flag(op, "per_channel", per_channel)
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or not weight.is_floating_point():
         raise TypeError(f"{op}: weight must be a floating-point tensor [out_features, in_features]")
+    if step is not None and not isinstance(step, torch.Tensor):
+        step = number(op, "step", step)
     w = weight.detach().to(torch.float32)
     if mask is not None:
         if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(w.shape):

@@ -36,6 +36,7 @@ from typing import Sequence
 import torch
 
 from .. import reference
+from ._params import flag
 from ._registry import define
 
 __all__ = ["ptt_conv", "tt_conv", "tt_block", "first_core"]
@@ -281,6 +282,7 @@ def ptt_conv(o: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor) -> torch.Tenso
 def tt_block(o, w2, w3, w4, *, parallel: bool = True, schedule: Sequence[bool] = (), pool: bool = False):
     """Everything after G1 (see the module docstring); returns ``y`` (channels-last)."""
     op = "snnops.tt_block"
+    parallel, pool, schedule = _flags(op, parallel, pool, schedule)
     for name, t in (("o", o), ("w2", w2), ("w3", w3), ("w4", w4)):
         _check_tensor(t, name, op, 4)
     _check_same(o, (("w2", w2), ("w3", w3), ("w4", w4)), op)
@@ -296,11 +298,18 @@ def tt_block(o, w2, w3, w4, *, parallel: bool = True, schedule: Sequence[bool] =
             raise ValueError(f"{op}: half steps need the parallel form (HTT is PTT with half steps)")
     if w4.shape[1:] != (w3.shape[0], 1, 1):
         raise ValueError(f"{op}: w4 must be [Cout, {w3.shape[0]}, 1, 1], got {tuple(w4.shape)}")
-    schedule = [bool(s) for s in schedule]
     if schedule and o.shape[0] % len(schedule):
         raise ValueError(f"{op}: {o.shape[0]} images are not a whole number of the schedule's "
                          f"{len(schedule)} timesteps")
-    return torch.ops.snnops.tt_block(o, w2, w3, w4, bool(parallel), schedule, bool(pool))[0]
+    return torch.ops.snnops.tt_block(o, w2, w3, w4, parallel, schedule, pool)[0]
+
+
+def _flags(op, parallel, pool, schedule):
+    """parallel and pool as booleans, schedule as a list of them (True: a full step)."""
+    if isinstance(schedule, (str, bytes)) or not hasattr(schedule, "__iter__"):
+        raise TypeError(f"{op}: schedule must be a sequence of booleans, got {type(schedule).__name__}")
+    return (flag(op, "parallel", parallel), flag(op, "pool", pool),
+            [flag(op, "schedule entries", s) for s in schedule])
 
 
 def first_core(x: torch.Tensor, g1: torch.Tensor) -> torch.Tensor:
@@ -337,8 +346,9 @@ def tt_conv(x, g1, g2, g3, g4, *, parallel: bool = True, schedule: Sequence[bool
     The output is channels-last in memory.
     """
     op = "snnops.tt_conv"
+    parallel, pool, schedule = _flags(op, parallel, pool, schedule)
+    spiking = flag(op, "spiking", spiking)
     _check_cores(g1, g2, g3, g4, parallel, op)
-    schedule = [bool(s) for s in schedule]
     if not spiking:
         _check_tensor(x, "x", op, 4)
         if x.shape[1] != g1.shape[1]:
@@ -374,7 +384,7 @@ def tt_conv(x, g1, g2, g3, g4, *, parallel: bool = True, schedule: Sequence[bool
         raise ValueError(f"{op}: {images} images are not a whole number of the schedule's "
                          f"{len(schedule)} timesteps")
     try:
-        return torch.ops.snnops.tt_conv(packed, x, g1, g2, g3, g4, bool(parallel), schedule, bool(pool))[0]
+        return torch.ops.snnops.tt_conv(packed, x, g1, g2, g3, g4, parallel, schedule, pool)[0]
     except RuntimeError as exc:
         if "0/1 spikes" not in str(exc):
             raise
