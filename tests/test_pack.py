@@ -103,6 +103,8 @@ def test_bad_arguments():
         snnops.unpack_spikes(p, 70)
     with pytest.raises(TypeError, match="int32"):
         snnops.unpack_spikes(p.float(), 40)
+    with pytest.raises(TypeError, match="features must be an integer, got float"):
+        snnops.unpack_spikes(p, 40.5)  # int() would have cut it to 40
 
 
 def test_packed_is_32x_smaller():

@@ -25,6 +25,16 @@ def number(op: str, name: str, value) -> float:
     return float(value)
 
 
+def integer(op: str, name: str, value) -> int:
+    """``value`` as an int: an integer (numpy's, or a symbolic size under torch.compile,
+    too), not a bool, a float or a string."""
+    if isinstance(value, torch.SymInt):
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{op}: {name} must be an integer, got {type(value).__name__}")
+    return int(value)
+
+
 def flag(op: str, name: str, value) -> bool:
     """``value`` as a bool: True / False (or 0 / 1)."""
     if isinstance(value, (bool, int)) and value in (0, 1):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..reference.spike_gemm import pack_spikes as _ref_pack, packed_words, unpack_spikes as _ref_unpack
+from ._params import integer
 from ._registry import define
 
 __all__ = ["pack_spikes", "unpack_spikes", "packed_words"]
@@ -83,7 +84,7 @@ def unpack_spikes(packed: torch.Tensor, features: int, dim: int = -1,
                         f"{packed.dtype if isinstance(packed, torch.Tensor) else type(packed).__name__}")
     if packed.dim() == 0:
         raise ValueError("snnops.unpack_spikes: packed must have at least one dimension (the words)")
-    features = int(features)
+    features = integer("snnops.unpack_spikes", "features", features)
     if features < 0 or packed.shape[-1] != packed_words(features):
         raise ValueError(f"snnops.unpack_spikes: packed has {packed.shape[-1]} words in its last dim, but "
                          f"features={features} needs ceil({features}/32) = {packed_words(max(features, 0))}")
