@@ -411,6 +411,8 @@ def test_spikingjelly_surrogate_object_is_accepted():
     (lambda: snnops.lif(torch.ones(3, 4), v_reset=torch.zeros(2)), "v_reset must be a number"),
     (lambda: snnops.lif(torch.ones(3, 4), decay_input="yes"), "decay_input must be True or False"),
     (lambda: snnops.lif(torch.ones(3, 4), detach_reset=None), "detach_reset must be True or False"),
+    (lambda: snnops.nn.LIF(store_v_seq="no"), "store_v_seq must be True or False"),
+    (lambda: snnops.nn.LIF(pack_dim=2.0), "pack_dim must be an integer"),
 ])
 def test_bad_input_names_the_argument(call, match):
     with pytest.raises((ValueError, TypeError), match=match):

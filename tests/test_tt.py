@@ -96,6 +96,9 @@ def test_bad_arguments_raise_clear_errors():
         TTConv2d(0, 4, 2)
     with pytest.raises(ValueError, match="backend"):
         TTConv2d(4, 4, 2, backend="cuda")
+    for name in ("pool", "spiking", "bias"):
+        with pytest.raises(TypeError, match=f"{name} must be True or False"):
+            TTConv2d(4, 4, 2, **{name: "no"})
     m = TTConv2d(4, 6, 2, "htt", schedule="FFHH")
     with pytest.raises(ValueError, match="expected 4 input channels"):
         m(torch.randn(4, 1, 5, 3, 3))

@@ -5,6 +5,7 @@ from typing import Optional
 
 import torch
 
+from ..ops._params import flag, integer
 from ..ops.lif import check_lif_input, lif, resolve_params
 
 
@@ -28,8 +29,8 @@ class LIF(torch.nn.Module):
                        detach_reset=detach_reset, decay=decay, surrogate=surrogate)
         self.kwargs = dict(tau=tau, decay_input=decay_input, v_threshold=v_threshold, v_reset=v_reset,
                            detach_reset=detach_reset, decay=decay, surrogate=surrogate)
-        self.store_v_seq = store_v_seq
-        self.pack_dim = pack_dim
+        self.store_v_seq = flag("snnops.nn.LIF", "store_v_seq", store_v_seq)
+        self.pack_dim = None if pack_dim is None else integer("snnops.nn.LIF", "pack_dim", pack_dim)
         self.v: Optional[torch.Tensor] = None
         self.v_seq: Optional[torch.Tensor] = None
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .. import reference
+from ..ops._params import flag
 from ..ops.pack import unpack_spikes
 from ..ops.tt_conv import tt_conv as _fused_tt_conv
 
@@ -179,7 +180,8 @@ class TTConv2d(_TimeLayout):
         if backend not in ("snnops", "reference"):
             raise ValueError(f"{who}: backend must be 'snnops' or 'reference', got {backend!r}")
         self.in_channels, self.out_channels, self.mode = in_channels, out_channels, mode
-        self.pool, self.backend, self.spiking = bool(pool), backend, bool(spiking)
+        self.pool, self.backend, self.spiking = flag(who, "pool", pool), backend, flag(who, "spiking", spiking)
+        bias = flag(who, "bias", bias)
         self._setup_time(mode, schedule, timesteps, who)
         ranks = _check_ranks(rank, mode, who)
         cores = None
@@ -335,7 +337,7 @@ class MergedTTConv2d(_TimeLayout):
             raise ValueError(f"{who}: unknown mode {mode!r}; choose from {MODES}")
         if (half_weight is not None) != (mode == "htt"):
             raise ValueError(f"{who}: half_weight is required for mode 'htt' and only for it")
-        self.mode, self.pool = mode, bool(pool)
+        self.mode, self.pool = mode, flag(who, "pool", pool)
         self._setup_time(mode, schedule, timesteps, who)
         cout, cin = full_weight.shape[:2]
         self.in_channels, self.out_channels = cin, cout
