@@ -8,8 +8,8 @@ import torch
 
 
 def number(op: str, name: str, value) -> float:
-    """``value`` as a float: a real number (not a bool), or a 0-d tensor that does not
-    require grad. A tensor that requires grad is refused: the fused kernels take the
+    """``value`` as a float: a real number (not a bool), or a one-element tensor that does
+    not require grad. A tensor that requires grad is refused: the fused kernels take the
     parameter as a constant, so a learnable one would silently get no gradient."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
