@@ -18,6 +18,12 @@ def stat_dtype(z: torch.Tensor) -> torch.dtype:
     return torch.float64 if z.dtype == torch.float64 else torch.float32
 
 
+def values_per_channel(z_seq: torch.Tensor) -> int:
+    """T * B * H * W: what a channel's statistics run over."""
+    t, b, _, h, w = z_seq.shape
+    return t * b * h * w
+
+
 def check_batch_norm(op: str, z_seq, weight, bias, running_mean, running_var, training: bool, momentum: float,
                      eps: float) -> tuple:
     """z_seq a float32/float64 ``[T, B, C, H, W]``; weight, bias ``[C]``; running
@@ -39,7 +45,7 @@ def check_batch_norm(op: str, z_seq, weight, bias, running_mean, running_var, tr
                 raise ValueError(f"{op}: eval mode needs {name} of shape [{c}]")
         elif not isinstance(t, torch.Tensor) or tuple(t.shape) != (c,):
             raise ValueError(f"{op}: {name} must be a [{c}] tensor or None, got {shape_of(t)}")
-    if training and z_seq.shape[0] * z_seq.shape[1] * z_seq.shape[3] * z_seq.shape[4] < 2:
+    if training and values_per_channel(z_seq) < 2:
         raise ValueError(f"{op}: training-mode statistics need more than one value per channel, got input "
                          f"shape {tuple(z_seq.shape)}")
     if momentum is None:  # nn.BatchNorm2d's cumulative average
@@ -53,11 +59,12 @@ def check_batch_norm(op: str, z_seq, weight, bias, running_mean, running_var, tr
 
 
 def update_running_stats(running_mean: Optional[torch.Tensor], running_var: Optional[torch.Tensor],
-                         mean: torch.Tensor, var: torch.Tensor, n: int, momentum: float) -> None:
-    """Exponential running averages in place; the variance unbiased over the n values
-    per channel."""
+                         mean: torch.Tensor, var: torch.Tensor, z_seq: torch.Tensor, momentum: float) -> None:
+    """Exponential running averages in place; the variance unbiased over the values per
+    channel of z_seq."""
     if running_mean is None or running_var is None:
         return
+    n = values_per_channel(z_seq)
     with torch.no_grad():
         running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
         running_var.mul_(1 - momentum).add_(var.to(running_var.dtype) * (n / max(n - 1, 1)), alpha=momentum)

@@ -2,15 +2,25 @@
 kernel as constants (``float("2")`` would turn a string into a threshold)."""
 from __future__ import annotations
 
+import math
 import numbers
 
+import numpy
 import torch
 
 
-def number(op: str, name: str, value) -> float:
+def number(op: str, name: str, value, finite: bool = False) -> float:
     """``value`` as a float: a real number (not a bool), or a one-element tensor that does
     not require grad. A tensor that requires grad is refused: the fused kernels take the
-    parameter as a constant, so a learnable one would silently get no gradient."""
+    parameter as a constant, so a learnable one would silently get no gradient. With
+    ``finite``, NaN and infinities are refused too."""
+    value = _real(op, name, value)
+    if finite and not math.isfinite(value):
+        raise ValueError(f"{op}: {name} must be finite, got {value}")
+    return value
+
+
+def _real(op: str, name: str, value) -> float:
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise TypeError(f"{op}: {name} must be a number, got a tensor of shape {tuple(value.shape)}")
@@ -36,13 +46,7 @@ def integer(op: str, name: str, value) -> int:
 
 
 def flag(op: str, name: str, value) -> bool:
-    """``value`` as a bool: True / False (or 0 / 1)."""
-    if isinstance(value, (bool, int)) and value in (0, 1):
+    """``value`` as a bool: True / False (numpy's too), or 0 / 1."""
+    if isinstance(value, (bool, int, numpy.bool_)) and value in (0, 1):
         return bool(value)
-    try:
-        import numpy
-        if isinstance(value, numpy.bool_):
-            return bool(value)
-    except ImportError:
-        pass
     raise TypeError(f"{op}: {name} must be True or False, got {value!r}")

@@ -133,6 +133,5 @@ def bn_add(z_seq: torch.Tensor, residual: Optional[torch.Tensor], weight: torch.
     y, mean, _, var = torch.ops.snnops.bn_add_fwd(z_seq, residual, weight, bias, running_mean, running_var,
                                                  bool(training), float(eps))
     if training:
-        t, b, _, h, w = z_seq.shape
-        update_running_stats(running_mean, running_var, mean, var, t * b * h * w, momentum)
+        update_running_stats(running_mean, running_var, mean, var, z_seq, momentum)
     return y

@@ -17,7 +17,6 @@ bits (2 bits per neuron-step, as the LIF alone).
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -96,13 +95,11 @@ def _check(z_seq, weight, bias, running_mean, running_var, training, momentum, e
     op = "snnops.bn_lif"
     training, momentum, eps = check_batch_norm(op, z_seq, weight, bias, running_mean, running_var, training,
                                                momentum, eps)
-    decay, v_threshold, v_reset, width = (number(op, name, value) for name, value in (
-        ("decay", decay), ("v_threshold", v_threshold), ("v_reset", v_reset), ("width", width)))
+    decay, width = number(op, "decay", decay), number(op, "width", width)
+    v_threshold = number(op, "v_threshold", v_threshold, finite=True)
+    v_reset = number(op, "v_reset", v_reset, finite=True)
     if not 0.0 <= decay <= 1.0:  # NaN fails too
         raise ValueError(f"{op}: decay must be in [0, 1], got {decay}")
-    for name, value in (("v_threshold", v_threshold), ("v_reset", v_reset)):
-        if not math.isfinite(value):
-            raise ValueError(f"{op}: {name} must be finite, got {value}")
     if not width > 0:
         raise ValueError(f"{op}: width must be > 0, got {width}")
     return training, momentum, eps, decay, v_threshold, v_reset, width
@@ -135,6 +132,6 @@ def bn_lif(z_seq: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, runnin
         z, weight, bias, running_mean, running_var, bool(training), float(eps), float(decay), float(v_threshold),
         float(v_reset), float(width))
     if training:
-        update_running_stats(running_mean, running_var, mean, var, steps * rows, momentum)
+        update_running_stats(running_mean, running_var, mean, var, z_seq, momentum)
     spikes = spikes.view(steps, batch, h, w, c).permute(0, 1, 4, 2, 3)
     return spikes, packed.view(steps, batch, h, w, -1)

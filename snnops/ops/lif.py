@@ -145,9 +145,7 @@ def resolve_params(*, tau, decay_input, v_threshold, v_reset, detach_reset, deca
             raise ValueError(f"snnops.lif: tau must be a finite number > 1, got {tau}")
         decay = 1.0 - 1.0 / tau
         input_scale = 1.0 / tau if decay_input else 1.0
-    v_threshold = number(op, "v_threshold", v_threshold)
-    if not math.isfinite(v_threshold):
-        raise ValueError(f"snnops.lif: v_threshold must be finite, got {v_threshold}")
+    v_threshold = number(op, "v_threshold", v_threshold, finite=True)
     if v_reset is not None:
         v_reset = number(op, "v_reset", v_reset)
         if not math.isfinite(v_reset):
