@@ -52,10 +52,11 @@ def compare(x, v, dtype=torch.float32, **kw):
 @pytest.mark.parametrize("v_reset", RESETS, ids=["hard0", "hard-0.2", "soft"])
 @pytest.mark.parametrize("detach_reset", [True, False], ids=["detached", "attached"])
 @pytest.mark.parametrize("surrogate", SURROGATES)
-@pytest.mark.parametrize("steps", [3, 5])
+@pytest.mark.parametrize("steps", [3, 7])
 def test_grid_against_reference(cpu_isa, steps, surrogate, detach_reset, v_reset, form):
     # 67 neurons per step: a full AVX2 block plus a 3-lane tail and a partial bit word.
-    # T = 3 runs the AVX2 and AVX-512 register walks, T = 5 the AVX-512 one and AVX2's blocks.
+    # T = 3 runs the AVX2 and AVX-512 register walks; T = 7 AVX2's blocks and AVX-512's
+    # chunks of steps (a chunk of 4, then one of 3).
     x = torch.randn(steps, 3, 67) * 0.8
     v0 = torch.randn(3, 67) * 0.3
     kw = dict(v_threshold=0.5, v_reset=v_reset, detach_reset=detach_reset, surrogate=surrogate, **form)
@@ -63,15 +64,15 @@ def test_grid_against_reference(cpu_isa, steps, surrogate, detach_reset, v_reset
     compare(x, None, **kw)
 
 
-@pytest.mark.parametrize("steps", [1, 4, 16, 33, 77])
+@pytest.mark.parametrize("steps", [1, 4, 6, 16, 33, 79])
 @pytest.mark.parametrize("surrogate,detach_reset,v_reset", [("rect", True, 0.0), ("rect", True, None),
                                                              ("sigmoid", False, 0.0)])
 def test_block_boundaries(cpu_isa, steps, surrogate, detach_reset, v_reset):
-    # 4500 neurons a step: two full 2048-neuron blocks of the forward and bits kernels plus
-    # a tail, and for the recompute backward (its block size chosen by T) several blocks,
-    # partial 256-neuron rebuild runs and a 4-lane tail. At T = 77 the history budget
-    # gives 424 neurons a block, which is not a whole number of 16-lane vectors.
-    compare(torch.randn(steps, 2, 2250) * 0.8, torch.randn(2, 2250) * 0.3, decay=0.25, v_threshold=0.5,
+    # 18002 neurons a step: full and partial blocks of every kernel (AVX2: 2048 neurons;
+    # AVX-512: 8192 in the forward and bits backward, 512-4096 chosen by T in the
+    # recompute backward; portable: 1024) and a 2-lane tail. T = 6, 33 and 79 end on a
+    # partial chunk of steps (2, 1 and 3 of 4).
+    compare(torch.randn(steps, 2, 9001) * 0.8, torch.randn(2, 9001) * 0.3, decay=0.25, v_threshold=0.5,
             surrogate=surrogate, detach_reset=detach_reset, v_reset=v_reset)
 
 

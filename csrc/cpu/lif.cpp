@@ -620,9 +620,10 @@ SNN_AVX2 void bwd_recompute_regs_avx2(const LifParams& p, const float* x, const 
 }
 
 // ---------------------------------------------------------------- AVX-512 (float32)
-// The same blocked walks 16 neurons per vector, with the comparisons landing in mask
-// registers that are stored as the saved bits directly (no movemask / bit shuffles):
-// about half the instructions of the AVX2 loop, which is not bandwidth-bound at T = 4.
+// 16 neurons per vector, with the comparisons landing in mask registers that are stored
+// as the saved bits directly (no movemask / bit shuffles): about half the instructions of
+// the AVX2 loop, which is not bandwidth-bound at T = 4. Unlike the AVX2 walks (one step
+// per visit of a block), these walk a block a chunk of steps at a time (kChunkSteps).
 struct Vec512 {
   __m512 lam, c, b, vth, vr, half, one, inv_a;
 };
@@ -633,51 +634,82 @@ SNN_AVX512 static inline Vec512 make_consts512(const LifParams& p) {
           _mm512_set1_ps((float)(p.alpha / 2)), _mm512_set1_ps(1.0f), _mm512_set1_ps(1.0f / (float)p.alpha)};
 }
 
+// Up to this many timesteps the AVX-512 forward and recompute backward walk each vector of
+// 16 neurons through all its steps with the state in registers (fwd_regs_avx512,
+// bwd_recompute_regs_avx512); longer sequences walk blocks in chunks of steps (below).
+// AMD EPYC (Zen 4), two threads, against the chunked walks: T = 4 forward 0.72-0.82x the
+// time, ATan forward+backward 0.815x; T = 5 ATan forward+backward 0.80x, TT-SNN 0.96x;
+// T = 6 TT-SNN 1.09x (its 2T rows of saved bits too many streams), ATan 0.98x; T = 8
+// forward 1.35-1.66x, forward+backward 1.18-1.24x.
+constexpr int64_t kRegisterSteps = 5;
+
+// Neurons per block of the chunked AVX-512 forward and bits backward (32 KiB of membrane
+// or carried gradient).
+constexpr int64_t kChunkBlock = 8192;
+// Timesteps per pass over a block: the membrane (forward) or the carried gradient
+// (backward) stays in a register through a chunk of kChunkSteps steps and goes to the
+// block's buffer once per chunk. A store per vector and step to that buffer (a walk of one
+// step per pass) takes store-queue entries ahead of the output's store misses and so cuts
+// the misses in flight: on an AMD EPYC (Zen 4), a stand-alone forward over 16 x 1M
+// neurons, two threads, took 1.3-1.45x a copy's time with one step per pass at any block
+// size from 2048 to 65536 neurons, 1.0-1.05x with four steps per pass (two: 1.3x, eight:
+// 1.25x); without the buffer store the one-step walk ran as a copy. Four steps stream
+// 8 rows at once, few enough for the hardware prefetcher (software prefetching of the
+// next run, which the one-step walks need on Intel, slowed these walks here).
+constexpr int64_t kChunkSteps = 4;
+
+// One chunk of S steps (rows[0..S)) of the forward over a block's len neurons, from and
+// back to the membrane buffer v.
+template <int S>
+SNN_AVX512 static inline void fwd_chunk_avx512(const LifParams& p, const Vec512 k, const FwdRow* rows, float* v,
+                                               int64_t a0, int64_t len) {
+  const int64_t vec = len / 16 * 16;
+  for (int64_t i = 0; i < vec; i += 16) {
+    __m512 vv = _mm512_load_ps(v + i);
+    for (int s = 0; s < S; ++s) {
+      const FwdRow& r = rows[s];
+      const __m512 h =
+          _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(vv, k.lam), _mm512_mul_ps(_mm512_loadu_ps(r.x + i), k.c)), k.b);
+      const __mmask16 m = _mm512_cmp_ps_mask(h, k.vth, _CMP_GE_OQ);
+      _mm512_storeu_ps(r.spk + i, _mm512_maskz_mov_ps(m, k.one));
+      vv = p.hard ? _mm512_mask_mov_ps(h, m, k.vr) : _mm512_mask_sub_ps(h, m, h, k.vth);
+      if (r.mem) _mm512_storeu_ps(r.mem + i, vv);
+      if (r.win) {
+        const __mmask16 w = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(h, k.vth)), k.half, _CMP_LT_OQ);
+        store_bits16(r.win, a0 + i, (uint32_t)w);
+        if (r.fired) store_bits16(r.fired, a0 + i, (uint32_t)m);
+      }
+      if (r.flat) store_bits16(r.flat, a0 + i, (uint32_t)m);
+    }
+    _mm512_store_ps(v + i, vv);
+  }
+  if (vec < len)
+    for (int s = 0; s < S; ++s) {
+      const FwdRow& r = rows[s];
+      fwd_lanes<float>(p, r.x, r.spk, r.mem, v, vec, len, r.win, r.fired, a0, r.flat);
+    }
+}
+
 SNN_AVX512 void fwd_avx512(const LifParams& p, const float* x, const float* v0, float* spk, float* v_last,
                            float* membrane, uint8_t* saved, uint8_t* flat, int64_t steps, int64_t N, int64_t n0,
                            int64_t n1) {
   const Vec512 k = make_consts512(p);
-  alignas(64) float v[kAvxBlock];
-  for (int64_t a0 = n0; a0 < n1; a0 += kAvxBlock) {
-    const int64_t len = std::min(kAvxBlock, n1 - a0);
-    const int64_t vec = len / 16 * 16;
+  alignas(64) float v[kChunkBlock];
+  for (int64_t a0 = n0; a0 < n1; a0 += kChunkBlock) {
+    const int64_t len = std::min(kChunkBlock, n1 - a0);
     if (v0) std::memcpy(v, v0 + a0, len * sizeof(float));
     else std::memset(v, 0, len * sizeof(float));
-    for (int64_t t = 0; t < steps; ++t) {
-      const auto [xt, st, mt, win_row, spk_row, flat_row, nxt] =
-          fwd_row(p, x, spk, membrane, saved, flat, t, steps, N, a0, n1);
-      for (int64_t i = 0; i < vec; i += 16) {
-        if (nxt >= 0) prefetch_lines(x + nxt + i, spk + nxt + i);
-        __m512 h = _mm512_add_ps(
-            _mm512_add_ps(_mm512_mul_ps(_mm512_load_ps(v + i), k.lam), _mm512_mul_ps(_mm512_loadu_ps(xt + i), k.c)),
-            k.b);
-        __mmask16 m = _mm512_cmp_ps_mask(h, k.vth, _CMP_GE_OQ);
-        _mm512_storeu_ps(st + i, _mm512_maskz_mov_ps(m, k.one));
-        __m512 vn = p.hard ? _mm512_mask_mov_ps(h, m, k.vr) : _mm512_mask_sub_ps(h, m, h, k.vth);
-        _mm512_store_ps(v + i, vn);
-        if (mt) _mm512_storeu_ps(mt + i, vn);
-        if (win_row) {
-          __mmask16 w = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(h, k.vth)), k.half, _CMP_LT_OQ);
-          store_bits16(win_row, a0 + i, (uint32_t)w);
-          if (spk_row) store_bits16(spk_row, a0 + i, (uint32_t)m);
-        }
-        if (flat_row) store_bits16(flat_row, a0 + i, (uint32_t)m);
-      }
-      if (vec < len) fwd_lanes<float>(p, xt, st, mt, v, vec, len, win_row, spk_row, a0, flat_row);
+    for (int64_t t0 = 0; t0 < steps; t0 += kChunkSteps) {
+      FwdRow rows[kChunkSteps];
+      const int64_t n = std::min(kChunkSteps, steps - t0);
+      for (int64_t s = 0; s < n; ++s) rows[s] = fwd_row(p, x, spk, membrane, saved, flat, t0 + s, steps, N, a0, n1);
+      with_steps<kChunkSteps>(n, [&](auto S) { fwd_chunk_avx512<S()>(p, k, rows, v, a0, len); });
     }
     std::memcpy(v_last + a0, v, len * sizeof(float));
   }
 }
 
-// Up to this many timesteps the AVX-512 forward and recompute backward walk each vector of
-// 16 neurons through all its steps with the state in registers (below); longer sequences
-// use the blocked walks, whose rows stay few per visit (at T = 16 the per-vector walk
-// streams more rows than the hardware prefetcher follows).
-constexpr int64_t kRegisterSteps = 8;
-
-// The forward for T <= kRegisterSteps, the membrane in a register. Against fwd_avx512
-// (two threads, interleaved): forward alone 0.89-0.98x at T = 2 and 4, 0.98-1.00x at
-// T = 8; lif-T4 forward+backward 0.92-0.985x (TT-SNN and ATan neurons).
+// The forward for T <= kRegisterSteps, the membrane in a register.
 template <int S>
 SNN_AVX512 void fwd_regs_avx512(const LifParams& p, const float* x, const float* v0, float* spk, float* v_last,
                                 float* membrane, uint8_t* saved, uint8_t* flat, int64_t N, int64_t n0, int64_t n1) {
@@ -706,32 +738,53 @@ SNN_AVX512 void fwd_regs_avx512(const LifParams& p, const float* x, const float*
   if (i < n1) fwd_generic<float>(p, x, v0, spk, v_last, membrane, saved, flat, S, N, i, n1);
 }
 
+// One chunk of S steps of the bits backward, time running down from rows[0]; the carried
+// gradient in a register through the chunk (see kChunkSteps).
+template <int S>
+SNN_AVX512 static inline void bwd_bits_chunk_avx512(const LifParams& p, const Vec512 k, const BwdRow* rows,
+                                                    int64_t t_hi, const float* g_spk, const float* g_vlast,
+                                                    const float* g_mem, float* gx, float* g, int64_t steps,
+                                                    int64_t N, int64_t a0, int64_t len) {
+  const int64_t vec = len / 16 * 16;
+  const bool has_last = g_vlast && t_hi == steps - 1;
+  for (int64_t i = 0; i < vec; i += 16) {
+    __m512 carried = _mm512_load_ps(g + i);
+    for (int s = 0; s < S; ++s) {
+      const BwdRow& r = rows[s];
+      const __mmask16 win = (__mmask16)load_bits16(r.win, a0 + i);
+      const __mmask16 fired = r.fired ? (__mmask16)load_bits16(r.fired, a0 + i) : (__mmask16)0;
+      // The AVX2 kernel's arithmetic, in its order (bwd_step): the same rounding.
+      __m512 gv = carried;
+      if (has_last && s == 0) gv = _mm512_add_ps(gv, _mm512_loadu_ps(g_vlast + a0 + i));
+      if (g_mem) gv = _mm512_add_ps(gv, _mm512_loadu_ps(g_mem + r.off + i));
+      __m512 gh = _mm512_mul_ps(gv, _mm512_maskz_mov_ps((__mmask16)~fired, k.one));
+      if (g_spk) gh = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(g_spk + r.off + i), _mm512_maskz_mov_ps(win, k.inv_a)), gh);
+      _mm512_storeu_ps(gx + r.off + i, _mm512_mul_ps(gh, k.c));
+      carried = _mm512_mul_ps(gh, k.lam);
+    }
+    _mm512_store_ps(g + i, carried);
+  }
+  if (vec < len)
+    for (int s = 0; s < S; ++s)
+      bwd_bits_lanes<float>(p, g_spk, g_vlast, g_mem, rows[s].win, rows[s].fired, gx, g, t_hi - s, steps, N, a0, vec,
+                            len);
+}
+
 SNN_AVX512 void bwd_bits_avx512(const LifParams& p, const float* g_spk, const float* g_vlast, const float* g_mem,
                                 const uint8_t* saved, float* gx, float* gv0, int64_t steps, int64_t N, int64_t n0,
                                 int64_t n1) {
   const Vec512 k = make_consts512(p);
-  alignas(64) float g[kAvxBlock];
-  for (int64_t a0 = n0; a0 < n1; a0 += kAvxBlock) {
-    const int64_t len = std::min(kAvxBlock, n1 - a0);
-    const int64_t vec = len / 16 * 16;
+  alignas(64) float g[kChunkBlock];
+  for (int64_t a0 = n0; a0 < n1; a0 += kChunkBlock) {
+    const int64_t len = std::min(kChunkBlock, n1 - a0);
     std::memset(g, 0, len * sizeof(float));
-    for (int64_t t = steps - 1; t >= 0; --t) {
-      const auto [off, win_row, spk_row, nxt] = bwd_row(p, saved, t, steps, N, a0, n1);
-      const bool last = t == steps - 1;
-      for (int64_t i = 0; i < vec; i += 16) {
-        if (nxt >= 0) prefetch_lines(g_spk ? g_spk + nxt + i : nullptr, gx + nxt + i);
-        const __mmask16 win = (__mmask16)load_bits16(win_row, a0 + i);
-        const __mmask16 fired = spk_row ? (__mmask16)load_bits16(spk_row, a0 + i) : (__mmask16)0;
-        // The AVX2 kernel's arithmetic, in its order (bwd_step): the same rounding.
-        __m512 gv = _mm512_load_ps(g + i);
-        if (g_vlast && last) gv = _mm512_add_ps(gv, _mm512_loadu_ps(g_vlast + a0 + i));
-        if (g_mem) gv = _mm512_add_ps(gv, _mm512_loadu_ps(g_mem + off + i));
-        __m512 gh = _mm512_mul_ps(gv, _mm512_maskz_mov_ps((__mmask16)~fired, k.one));
-        if (g_spk) gh = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(g_spk + off + i), _mm512_maskz_mov_ps(win, k.inv_a)), gh);
-        _mm512_storeu_ps(gx + off + i, _mm512_mul_ps(gh, k.c));
-        _mm512_store_ps(g + i, _mm512_mul_ps(gh, k.lam));
-      }
-      if (vec < len) bwd_bits_lanes<float>(p, g_spk, g_vlast, g_mem, win_row, spk_row, gx, g, t, steps, N, a0, vec, len);
+    for (int64_t t_hi = steps - 1; t_hi >= 0; t_hi -= kChunkSteps) {
+      BwdRow rows[kChunkSteps];
+      const int64_t n = std::min(kChunkSteps, t_hi + 1);
+      for (int64_t s = 0; s < n; ++s) rows[s] = bwd_row(p, saved, t_hi - s, steps, N, a0, n1);
+      with_steps<kChunkSteps>(n, [&](auto S) {
+        bwd_bits_chunk_avx512<S()>(p, k, rows, t_hi, g_spk, g_vlast, g_mem, gx, g, steps, N, a0, len);
+      });
     }
     if (gv0) std::memcpy(gv0 + a0, g, len * sizeof(float));
   }
@@ -804,8 +857,8 @@ SNN_INTRINSICS_UNINIT_END
 // The recompute backward for T <= kRegisterSteps: each vector of 16 neurons keeps its
 // whole h history in registers, rebuilt from x and run backwards in one visit; no history
 // buffer, and the 3T rows it streams are few enough for the hardware prefetcher. Against
-// the blocked walk (ATan backward alone, two threads, interleaved): lif-T4 0.84-0.87x the
-// time, T = 2 0.79x, T = 8 0.96x, T = 16 1.03x.
+// the one-step blocked walk on Intel (ATan backward alone, two threads, interleaved):
+// lif-T4 0.84-0.87x the time, T = 2 0.79x, T = 8 0.96x, T = 16 1.03x.
 template <int S, int SG>
 SNN_AVX512 void bwd_recompute_regs_avx512(const LifParams& p, const float* x, const float* v0, const float* g_spk,
                                           const float* g_vlast, const float* g_mem, float* gx, float* gv0,
@@ -841,117 +894,106 @@ SNN_AVX512 void bwd_recompute_regs_avx512(const LifParams& p, const float* x, co
   if (i < n1) bwd_recompute_generic<float>(p, x, v0, g_spk, g_vlast, g_mem, gx, gv0, S, N, i, n1);
 }
 
-// Neurons per run of the AVX-512 rebuild of h. At lif-T16 the block's h history is 32 KiB
-// (16 rows of 2 KiB), and rebuilding it in runs of 256 neurons, every step per run, took
-// 0.89-0.92x the ATan forward+backward time of whole-block rows and 0.93-0.96x the
-// backward alone (two threads, interleaved; one thread 0.96x); lif-T4 within noise
-// (0.96-0.99x). The AVX2 kernel's larger blocks gained nothing from it (1.00-1.10x).
-constexpr int64_t kRebuildRun = 256;
-
-// One rebuild run of kRebuildRun neurons (r0 .. r0 + kRebuildRun of the block at a0)
-// through every step, the membrane in 16 registers instead of an L1 buffer: no load and
-// store of it per vector. Plain: input_scale 1 and bias 0, so h = v * decay + x (the
-// dropped * 1 and + 0 change no value but the sign of a zero h, which no later result
-// sees). With the aligned scratch below, against the buffer walk (lif-T16 ATan backward
-// alone, interleaved): 0.79-0.83x the time on two threads, 0.85-0.90x on one; the Plain
-// form another 1.5-2%. Keeping the carried gradient of the backward phase in registers
-// the same way (runs of 128 or 256 neurons) gained nothing (0.99-1.01x).
-template <bool Plain, bool Hard>
-SNN_AVX512 static inline void rebuild_run512(const Vec512 q, const float* x, const float* v0, float* hist,
-                                             int64_t steps, int64_t N, int64_t blk, int64_t a0, int64_t r0) {
-  constexpr int V = kRebuildRun / 16;
-  __m512 v[V];
-  for (int j = 0; j < V; ++j) v[j] = v0 ? _mm512_loadu_ps(v0 + a0 + r0 + 16 * j) : _mm512_setzero_ps();
-  for (int64_t t = 0; t < steps; ++t) {
-    const float* xt = x + t * N + a0 + r0;
-    float* ht = hist + t * blk + r0;
-    const bool next = t + 1 < steps;
-#pragma GCC unroll 16
-    for (int j = 0; j < V; ++j) {
-      if (next) _mm_prefetch(reinterpret_cast<const char*>(xt + N + 16 * j), _MM_HINT_T0);
-      const __m512 xv = _mm512_loadu_ps(xt + 16 * j);
-      const __m512 h = Plain ? _mm512_add_ps(_mm512_mul_ps(v[j], q.lam), xv)
-                             : _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(v[j], q.lam), _mm512_mul_ps(xv, q.c)), q.b);
-      _mm512_storeu_ps(ht + 16 * j, h);
+// Chunk c of the rebuild over a block's vec lanes: from the membrane at its start (ckpt
+// row c) through S steps, to the next row.
+template <int S, bool Plain, bool Hard>
+SNN_AVX512 static inline void ckpt_chunk512(const Vec512 q, const float* x, float* ckpt, int64_t t0, int64_t N,
+                                            int64_t blk, int64_t a0, int64_t vec) {
+  const float* c0 = ckpt + (t0 / kChunkSteps) * blk;
+  float* c1 = ckpt + (t0 / kChunkSteps + 1) * blk;
+  for (int64_t i = 0; i < vec; i += 16) {
+    __m512 v = _mm512_load_ps(c0 + i);
+    for (int s = 0; s < S; ++s) {
+      const __m512 xv = _mm512_loadu_ps(x + (t0 + s) * N + a0 + i);
+      const __m512 h = Plain ? _mm512_add_ps(_mm512_mul_ps(v, q.lam), xv)
+                             : _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(v, q.lam), _mm512_mul_ps(xv, q.c)), q.b);
       const __mmask16 m = _mm512_cmp_ps_mask(h, q.vth, _CMP_GE_OQ);
-      v[j] = Hard ? _mm512_mask_mov_ps(h, m, q.vr) : _mm512_mask_sub_ps(h, m, h, q.vth);
+      v = Hard ? _mm512_mask_mov_ps(h, m, q.vr) : _mm512_mask_sub_ps(h, m, h, q.vth);
     }
+    _mm512_store_ps(c1 + i, v);
   }
 }
 
+// The gradient pass over the chunk of S steps from t0, from its checkpoint row ckpt.
+template <int S, int SG, bool Plain>
+SNN_AVX512 static inline void ckpt_grad_chunk512(const LifParams& p, const Sg512 k, const Vec512 q, const float* x,
+                                                 const float* ckpt, int64_t t0, const float* g_spk,
+                                                 const float* g_vlast, const float* g_mem, float* gx, float* g,
+                                                 int64_t steps, int64_t N, int64_t a0, int64_t vec) {
+  const bool hard = p.hard, detach = p.detach;
+  const bool has_last = g_vlast && t0 + S == steps;
+  for (int64_t i = 0; i < vec; i += 16) {
+    __m512 v = _mm512_load_ps(ckpt + i);
+    __m512 h[S];
+    for (int s = 0; s < S; ++s) {
+      const __m512 xv = _mm512_loadu_ps(x + (t0 + s) * N + a0 + i);
+      h[s] = Plain ? _mm512_add_ps(_mm512_mul_ps(v, q.lam), xv)
+                   : _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(v, q.lam), _mm512_mul_ps(xv, q.c)), q.b);
+      const __mmask16 m = _mm512_cmp_ps_mask(h[s], q.vth, _CMP_GE_OQ);
+      v = hard ? _mm512_mask_mov_ps(h[s], m, q.vr) : _mm512_mask_sub_ps(h[s], m, h[s], q.vth);
+    }
+    __m512 carried = _mm512_load_ps(g + i);
+    for (int s = S - 1; s >= 0; --s) {
+      const int64_t off = (t0 + s) * N + a0 + i;
+      const __m512 sg = surrogate512<SG>(k, _mm512_sub_ps(h[s], q.vth));
+      const __m512 dvdh = dv_dh512<Plain>(hard, detach, q, h[s], sg);
+      // bwd_step's arithmetic, in its order (Plain: gh * 1 left out)
+      __m512 gv = carried;
+      if (has_last && s == S - 1) gv = _mm512_add_ps(gv, _mm512_loadu_ps(g_vlast + a0 + i));
+      if (g_mem) gv = _mm512_add_ps(gv, _mm512_loadu_ps(g_mem + off));
+      __m512 gh = _mm512_mul_ps(gv, dvdh);
+      if (g_spk) gh = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(g_spk + off), sg), gh);
+      _mm512_storeu_ps(gx + off, Plain ? gh : _mm512_mul_ps(gh, q.c));
+      carried = _mm512_mul_ps(gh, q.lam);
+    }
+    _mm512_store_ps(g + i, carried);
+  }
+}
+
+// The recompute backward for T > kRegisterSteps, checkpointed: a first pass over a block
+// rebuilds the membrane from x chunk by chunk (kChunkSteps) and keeps only its value at
+// the start of each chunk; the gradient pass then takes the chunks from the last, rebuilds
+// a chunk's h in registers from its checkpoint and the block's x (read again, now from
+// L2), and runs the chunk backwards with the carried gradient in a register. No h history
+// is stored: the earlier walk wrote h for every step into an L2 buffer and carried the
+// gradient through an L1 one. lif-T16 ATan backward alone 0.70-0.78x that walk's time,
+// forward+backward 0.81-0.88x; T = 32 and T = 100 0.77x and 0.81x (AMD EPYC Zen 4, two
+// threads, interleaved).
 template <int SG, bool Plain>
 SNN_AVX512 void bwd_recompute_avx512(const LifParams& p, const float* x, const float* v0, const float* g_spk,
                                      const float* g_vlast, const float* g_mem, float* gx, float* gv0, int64_t steps,
                                      int64_t N, int64_t n0, int64_t n1) {
   const Sg512 k = make_sg512(make_consts(p));
   const Vec512 q = make_consts512(p);
-  const bool hard = p.hard, detach = p.detach;
-  // Half the portable block from T = 4 up (2 KiB row runs): the history, the membrane
-  // and the carried gradient then share L1 with the streamed rows. lif-T4 ATan backward
-  // alone, interleaved: 0.93-0.96x the time of 1024-neuron blocks (1 and 2 threads);
-  // lif-T16 within noise; 256 and 128 no better.
-  // Whole vectors, so that every history row starts on a cache line (T = 77 gave 424).
-  const int64_t budget = recompute_block(steps, sizeof(float));
-  const int64_t blk = steps >= 4 ? std::max<int64_t>(16, std::min<int64_t>(512, budget) / 16 * 16) : budget;
-  AlignedScratch scratch((steps + 2) * blk);
-  float* hist = scratch.get();
-  float *v = hist + steps * blk, *g = v + blk;
+  // The block's x (steps x blk floats, at most 1 MiB) is read again from L2; up to 4096
+  // neurons (lif-T16 backward against the history walk in the same runs: 1.29-1.42x as
+  // fast with 4096, 1.04-1.39x with 1024 and 2048).
+  const int64_t blk = std::clamp<int64_t>((int64_t(1) << 20) / (steps * 4) / 16 * 16, 512, 4096);
+  const int64_t chunks = ceil_div(steps, kChunkSteps);
+  AlignedScratch scratch((chunks + 1) * blk);
+  float* ckpt = scratch.get();
+  float* g = ckpt + chunks * blk;
   for (int64_t a0 = n0; a0 < n1; a0 += blk) {
     const int64_t len = std::min(blk, n1 - a0);
     const int64_t vec = len / 16 * 16;
-    // The rebuild walks the block kRebuildRun neurons at a time through every step; the
-    // backward below keeps whole-block row runs.
-    int64_t r0 = 0;
-    for (; r0 + kRebuildRun <= vec; r0 += kRebuildRun) {
-      if (hard) rebuild_run512<Plain, true>(q, x, v0, hist, steps, N, blk, a0, r0);
-      else rebuild_run512<Plain, false>(q, x, v0, hist, steps, N, blk, a0, r0);
+    if (v0) std::memcpy(ckpt, v0 + a0, vec * sizeof(float));
+    else std::memset(ckpt, 0, vec * sizeof(float));
+    for (int64_t c = 0; c + 1 < chunks; ++c)
+      with_steps<kChunkSteps>(std::min(kChunkSteps, steps - c * kChunkSteps), [&](auto S) {
+        if (p.hard) ckpt_chunk512<S(), Plain, true>(q, x, ckpt, c * kChunkSteps, N, blk, a0, vec);
+        else ckpt_chunk512<S(), Plain, false>(q, x, ckpt, c * kChunkSteps, N, blk, a0, vec);
+      });
+    std::memset(g, 0, vec * sizeof(float));
+    for (int64_t c = chunks - 1; c >= 0; --c) {
+      const int64_t t0 = c * kChunkSteps;
+      with_steps<kChunkSteps>(std::min(kChunkSteps, steps - t0), [&](auto S) {
+        ckpt_grad_chunk512<S(), SG, Plain>(p, k, q, x, ckpt + c * blk, t0, g_spk, g_vlast, g_mem, gx, g, steps, N,
+                                           a0, vec);
+      });
     }
-    if (v0) std::memcpy(v + r0, v0 + a0 + r0, (len - r0) * sizeof(float));
-    else std::memset(v + r0, 0, (len - r0) * sizeof(float));
-    for (; r0 < vec; r0 += kRebuildRun) {
-      const int64_t r1 = std::min(vec, r0 + kRebuildRun);
-      for (int64_t t = 0; t < steps; ++t) {
-        const float* xt = x + t * N + a0;
-        float* ht = hist + t * blk;
-        const int64_t nxt = next_visit(t + 1 < steps, (t + 1) * N + a0, -1, false);
-        for (int64_t i = r0; i < r1; i += 16) {
-          if (nxt >= 0) prefetch_lines(x + nxt + i, nullptr);
-          __m512 h = _mm512_add_ps(
-              _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(v + i), q.lam), _mm512_mul_ps(_mm512_loadu_ps(xt + i), q.c)),
-              q.b);
-          _mm512_storeu_ps(ht + i, h);
-          const __mmask16 m = _mm512_cmp_ps_mask(h, q.vth, _CMP_GE_OQ);
-          _mm512_storeu_ps(v + i, hard ? _mm512_mask_mov_ps(h, m, q.vr) : _mm512_mask_sub_ps(h, m, h, q.vth));
-        }
-      }
-    }
+    if (gv0) std::memcpy(gv0 + a0, g, vec * sizeof(float));
     if (vec < len)
-      for (int64_t t = 0; t < steps; ++t) recompute_h_lanes<float>(p, x + t * N + a0, hist + t * blk, v, vec, len);
-    std::memset(g, 0, len * sizeof(float));
-    for (int64_t t = steps - 1; t >= 0; --t) {
-      const float* ht = hist + t * blk;
-      const int64_t off = t * N + a0;
-      const bool last = t == steps - 1;
-      const int64_t nxt = next_visit(t > 0, (t - 1) * N + a0, a0 + blk, a0 + blk < n1);
-      for (int64_t i = 0; i < vec; i += 16) {
-        // The next block's first visit reads x (its recompute); a later step, g and gx.
-        if (nxt >= 0) prefetch_lines(t > 0 ? (g_spk ? g_spk + nxt + i : nullptr) : x + nxt + i,
-                                     t > 0 ? gx + nxt + i : nullptr);
-        const __m512 h = _mm512_loadu_ps(ht + i);
-        const __m512 sg = surrogate512<SG>(k, _mm512_sub_ps(h, q.vth));
-        const __m512 dvdh = dv_dh512<Plain>(hard, detach, q, h, sg);
-        // bwd_step's arithmetic, in its order (Plain: gh * 1 left out)
-        __m512 gv = _mm512_loadu_ps(g + i);
-        if (g_vlast && last) gv = _mm512_add_ps(gv, _mm512_loadu_ps(g_vlast + a0 + i));
-        if (g_mem) gv = _mm512_add_ps(gv, _mm512_loadu_ps(g_mem + off + i));
-        __m512 gh = _mm512_mul_ps(gv, dvdh);
-        if (g_spk) gh = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(g_spk + off + i), sg), gh);
-        _mm512_storeu_ps(gx + off + i, Plain ? gh : _mm512_mul_ps(gh, q.c));
-        _mm512_storeu_ps(g + i, _mm512_mul_ps(gh, q.lam));
-      }
-      if (vec < len) recompute_grad_lanes<float>(p, ht, g_spk, g_vlast, g_mem, gx, g, t, steps, N, a0, vec, len);
-    }
-    if (gv0) std::memcpy(gv0 + a0, g, len * sizeof(float));
+      bwd_recompute_generic<float>(p, x, v0, g_spk, g_vlast, g_mem, gx, gv0, steps, N, a0 + vec, a0 + len);
   }
 }
 #endif  // SNN_HAVE_AVX2
