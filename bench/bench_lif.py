@@ -196,12 +196,6 @@ def measure(shape_id, cfg_name, rounds=15, with_compile=True, settle=SETTLE):
         compile_s = time.perf_counter() - t0
     differing = spikes_differing(impls, twins, x)
     steps = {name: fwd_bwd(fn, x, grad) for name, fn in impls.items()}
-    # The copy runs in the same rounds, so the bandwidth ratio is a per-round ratio too
-    # (a copy timed before or after drifts with the machine's load).
-    xd = x.detach()
-    steps["copy"] = lambda: torch.empty_like(xd).copy_(xd)
-    times = _util.interleave(steps, rounds=rounds, settle=settle)
-    ours = statistics.median(times["snnops"])
     # bytes the fused op must move: forward reads x and writes fp32 spikes, backward
     # reads the incoming gradient and writes grad_x (4 B each), plus the saved state
     # written and read back (2 bits here), or x read again when it is what is kept,
@@ -209,14 +203,35 @@ def measure(shape_id, cfg_name, rounds=15, with_compile=True, settle=SETTLE):
     bits = saved_bits(impls["snnops"], x)
     per_neuron = 16 + (2 * bits / 8 if bits < 32 else 4) + 4 / shape[0]
     moved = per_neuron * x.numel()
+    # The machine's copy bandwidth, timed in the same rounds (a per-round ratio, as a copy
+    # timed before or after drifts with the machine's load), two ways. A copy of x works
+    # on 2 x 16.8 MB, which a last-level cache of 32 MB (AMD EPYC here) largely keeps
+    # between calls: copies of 4-8 MB ran at 116-162 GB/s, 16 MB at 50, 32-128 MB at
+    # 30-34. The op's four 16.8 MB tensors stream from memory. The second copy moves as
+    # many bytes as the op (read + write) over a working set at least as large as the op's,
+    # so both are timed against memory. Its tensors are made once: above glibc's 32 MB mmap
+    # threshold torch.empty_like maps fresh pages on every call, and the copy would time
+    # page faults (6-7 GB/s).
+    xd = x.detach()
+    steps["copy"] = lambda: torch.empty_like(xd).copy_(xd)
+    src = torch.randn(int(moved) // 8)
+    dst = torch.empty_like(src)
+    steps["copy moved"] = lambda: dst.copy_(src)
+    times = _util.interleave(steps, rounds=rounds, settle=settle)
+    ours = statistics.median(times["snnops"])
     copied = 8 * x.numel()
     copy_bw = copied / statistics.median(times["copy"])
     bw_ratio = statistics.median((moved / a) / (copied / c) for a, c in zip(times["snnops"], times["copy"]))
+    copied_moved = 8 * src.numel()
+    bw_ratio_moved = statistics.median((moved / a) / (copied_moved / c)
+                                       for a, c in zip(times["snnops"], times["copy moved"]))
     row = {
         "shape": shape_id, "config": cfg_name, "neuron_steps": x.numel(),
         "snnops_ms": 1e3 * ours,
         "bandwidth_GBps": moved / ours / 1e9, "copy_GBps": copy_bw / 1e9,
         "bandwidth_vs_copy": bw_ratio,
+        "copy_moved_GBps": copied_moved / statistics.median(times["copy moved"]) / 1e9,
+        "bandwidth_vs_copy_moved": bw_ratio_moved,
         "compile_s": compile_s,
     }
     for name in impls:
@@ -245,7 +260,7 @@ def main(argv=None):
     refs = [k[len("speedup_vs["):-1] for k in rows[0] if k.startswith("speedup_vs[")]
     cols = [("shape", "shape", "{}"), ("config", "neuron", "{}"), ("snnops_ms", "snnops ms", "{:.2f}")]
     cols += [(f"speedup_vs[{r}]", f"x {SHORT.get(r, r)}", "{:.2f}") for r in refs]
-    cols += [("bandwidth_vs_copy", "BW/copy", "{:.0%}")]
+    cols += [("bandwidth_vs_copy", "BW/copy x", "{:.0%}"), ("bandwidth_vs_copy_moved", "BW/copy moved", "{:.0%}")]
     _util.print_table(rows, cols, title="forward+backward, median of interleaved per-round ratios "
                                         "(x > 1: snnops faster)")
     impls = ["snnops"] + refs

@@ -35,6 +35,7 @@ def test_benchmark_rows_count_bits_and_spikes(tiny, capsys):
             if key.startswith("spikes_differing["):
                 assert n == 0, key
         assert row["speedup_vs[torch loop]"] > 0 and row["bandwidth_vs_copy"] > 0
+        assert row["bandwidth_vs_copy_moved"] > 0 and row["copy_moved_GBps"] > 0
     out = capsys.readouterr().out
     assert "bits kept for backward per neuron-step" in out
     assert "forward spikes differing from snnops'" in out
