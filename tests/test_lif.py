@@ -55,8 +55,8 @@ def compare(x, v, dtype=torch.float32, **kw):
 @pytest.mark.parametrize("steps", [3, 7])
 def test_grid_against_reference(cpu_isa, steps, surrogate, detach_reset, v_reset, form):
     # 67 neurons per step: a full AVX2 block plus a 3-lane tail and a partial bit word.
-    # T = 3 runs the AVX2 and AVX-512 register walks; T = 7 AVX2's blocks and AVX-512's
-    # chunks of steps (a chunk of 4, then one of 3).
+    # T = 3 runs the AVX2 and AVX-512 register walks; T = 7 the chunks of steps (a chunk
+    # of 4, then one of 3) and AVX2's one-step backward walks.
     x = torch.randn(steps, 3, 67) * 0.8
     v0 = torch.randn(3, 67) * 0.3
     kw = dict(v_threshold=0.5, v_reset=v_reset, detach_reset=detach_reset, surrogate=surrogate, **form)

@@ -342,14 +342,29 @@ SNN_AVX2 static inline __m256 dv_dh256(bool hard, bool detach, const VecConsts k
   return detach ? k.one : _mm256_sub_ps(k.one, _mm256_mul_ps(k.vth, sg));
 }
 
-// The AVX2 kernels walk a block of up to kBlock neurons one timestep at a time, the
-// membrane (or the carried gradient) in an L1 buffer. Each visit of a timestep row
-// reads one contiguous 8 KiB run. Walking time innermost over a few registers of
+// The AVX2 backward kernels walk a block of up to kAvxBlock neurons one timestep at a time,
+// the carried gradient in an L1 buffer (the forwards walk chunks of steps, below). Each
+// visit of a timestep row reads one contiguous 8 KiB run. Walking time innermost over a few registers of
 // neurons instead touches T rows that lie N floats apart: when N is a multiple of a
 // large power of two (the usual [T, B, C, H, W] shapes) all of those lines fall in the
 // same cache sets, and at T = 16 they no longer fit the ways of L1 and L2 (measured
 // 3-6x slower on lif-T16). Lanes past the last multiple of 16 (8 for the recompute)
 // of a block run the portable lane code on the same buffer.
+
+// Neurons per block of the chunked forwards and AVX-512 bits backward (32 KiB of membrane
+// or carried gradient).
+constexpr int64_t kChunkBlock = 8192;
+// Timesteps per pass over a block: the membrane (forward) or the carried gradient
+// (backward) stays in a register through a chunk of kChunkSteps steps and goes to the
+// block's buffer once per chunk. A store per vector and step to that buffer (a walk of one
+// step per pass) takes store-queue entries ahead of the output's store misses and so cuts
+// the misses in flight: on an AMD EPYC (Zen 4), a stand-alone forward over 16 x 1M
+// neurons, two threads, took 1.3-1.45x a copy's time with one step per pass at any block
+// size from 2048 to 65536 neurons, 1.0-1.05x with four steps per pass (two: 1.3x, eight:
+// 1.25x); without the buffer store the one-step walk ran as a copy. Four steps stream
+// 8 rows at once, few enough for the hardware prefetcher (software prefetching of the
+// next run, which the one-step walks need on Intel, slowed these walks here).
+constexpr int64_t kChunkSteps = 4;
 
 // 8 KiB runs per row visit: longer runs than one 4 KiB page let the prefetcher ramp up
 // once per run (1024 to 4096 measured within noise of each other; 512 slower).
@@ -364,23 +379,20 @@ inline int64_t next_visit(bool same_block, int64_t off_same, int64_t off_next_bl
 // Measured on lif-T4/T16 (1 thread, interleaved against a copy): forward+backward 3.7-4.4x
 // a copy's time without, 2.5-2.9x with.
 
-// The rows one forward step of a block of the AVX kernels touches, and where its next
-// visit starts (prefetched meanwhile).
+// The rows one forward step of a block of the AVX kernels touches.
 struct FwdRow {
   const float* x;
   float* spk;
   float* mem;
   uint8_t *win, *fired, *flat;
-  int64_t next;
 };
 inline FwdRow fwd_row(const LifParams& p, const float* x, float* spk, float* membrane, uint8_t* saved, uint8_t* flat,
-                      int64_t t, int64_t steps, int64_t N, int64_t a0, int64_t n1) {
+                      int64_t t, int64_t steps, int64_t N, int64_t a0) {
   const int64_t off = t * N + a0, words = ceil_div(N, 32);
   return {x + off, spk + off, membrane ? membrane + off : nullptr,
           saved ? plane_row(saved, 0, t, steps, words) : nullptr,
           (saved && p.hard) ? plane_row(saved, 1, t, steps, words) : nullptr,
-          flat ? plane_row(flat, 0, t, steps, words) : nullptr,
-          next_visit(t + 1 < steps, (t + 1) * N + a0, a0 + kAvxBlock, a0 + kAvxBlock < n1)};
+          flat ? plane_row(flat, 0, t, steps, words) : nullptr};
 }
 
 // The same for a backward step of the bits kernels (time runs down).
@@ -413,43 +425,64 @@ SNN_AVX2 static inline void store_bits16(uint8_t* row, int64_t n, uint32_t bits)
   std::memcpy(row + (n >> 3), &v, 2);
 }
 
+// The forward for T > kRegisterStepsAvx2 walks blocks in chunks of kChunkSteps steps, as
+// the AVX-512 one does, on 8-lane halves of 16 neurons. Against the one-step walk
+// (lif-T16, two threads, interleaved, AMD EPYC Zen 4): forward alone 0.80-0.96x the
+// time, forward+backward 0.93-0.96x. The bits backward keeps the one-step walk: chunked,
+// it took 1.06-1.16x the time at T = 4 and 0.99x at T = 16.
+template <int S>
+SNN_AVX2 static inline void fwd_chunk_avx2(const LifParams& p, const VecConsts k, const FwdRow* rows, float* v,
+                                           int64_t a0, int64_t len) {
+  const int64_t vec = len / 16 * 16;
+  for (int64_t i = 0; i < vec; i += 16) {
+    __m256 vv[2] = {_mm256_load_ps(v + i), _mm256_load_ps(v + i + 8)};
+    for (int s = 0; s < S; ++s) {
+      const FwdRow& r = rows[s];
+      uint32_t win = 0, fired = 0;
+      for (int h2 = 0; h2 < 2; ++h2) {
+        const int64_t j = i + 8 * h2;
+        const __m256 h = _mm256_add_ps(
+            _mm256_add_ps(_mm256_mul_ps(vv[h2], k.lam), _mm256_mul_ps(_mm256_loadu_ps(r.x + j), k.c)), k.b);
+        const __m256 m = _mm256_cmp_ps(h, k.vth, _CMP_GE_OQ);
+        _mm256_storeu_ps(r.spk + j, _mm256_and_ps(m, k.one));
+        vv[h2] = p.hard ? _mm256_blendv_ps(h, k.vr, m) : _mm256_sub_ps(h, _mm256_and_ps(m, k.vth));
+        if (r.mem) _mm256_storeu_ps(r.mem + j, vv[h2]);
+        if (r.win) {
+          const __m256 w = _mm256_cmp_ps(abs_ps(_mm256_sub_ps(h, k.vth)), k.half, _CMP_LT_OQ);
+          win |= (uint32_t)_mm256_movemask_ps(w) << (8 * h2);
+        }
+        fired |= (uint32_t)_mm256_movemask_ps(m) << (8 * h2);
+      }
+      if (r.win) {
+        store_bits16(r.win, a0 + i, win);
+        if (r.fired) store_bits16(r.fired, a0 + i, fired);
+      }
+      if (r.flat) store_bits16(r.flat, a0 + i, fired);
+    }
+    _mm256_store_ps(v + i, vv[0]);
+    _mm256_store_ps(v + i + 8, vv[1]);
+  }
+  if (vec < len)
+    for (int s = 0; s < S; ++s) {
+      const FwdRow& r = rows[s];
+      fwd_lanes<float>(p, r.x, r.spk, r.mem, v, vec, len, r.win, r.fired, a0, r.flat);
+    }
+}
+
 SNN_AVX2 void fwd_avx2(const LifParams& p, const float* x, const float* v0, float* spk, float* v_last,
-                       float* membrane, uint8_t* saved, uint8_t* flat, int64_t steps, int64_t N, int64_t n0,
-                       int64_t n1) {
+                               float* membrane, uint8_t* saved, uint8_t* flat, int64_t steps, int64_t N, int64_t n0,
+                               int64_t n1) {
   const VecConsts k = make_consts(p);
-  alignas(64) float v[kAvxBlock];
-  for (int64_t a0 = n0; a0 < n1; a0 += kAvxBlock) {
-    const int64_t len = std::min(kAvxBlock, n1 - a0);
-    const int64_t vec = len / 16 * 16;
+  alignas(64) float v[kChunkBlock];
+  for (int64_t a0 = n0; a0 < n1; a0 += kChunkBlock) {
+    const int64_t len = std::min(kChunkBlock, n1 - a0);
     if (v0) std::memcpy(v, v0 + a0, len * sizeof(float));
     else std::memset(v, 0, len * sizeof(float));
-    for (int64_t t = 0; t < steps; ++t) {
-      const auto [xt, st, mt, win_row, spk_row, flat_row, nxt] =
-          fwd_row(p, x, spk, membrane, saved, flat, t, steps, N, a0, n1);
-      for (int64_t i = 0; i < vec; i += 16) {
-        if (nxt >= 0) prefetch_lines(x + nxt + i, spk + nxt + i);
-        uint32_t win = 0, fired = 0;
-        for (int h2 = 0; h2 < 2; ++h2) {
-          const int64_t j = i + 8 * h2;
-          __m256 h = _mm256_add_ps(
-              _mm256_add_ps(_mm256_mul_ps(_mm256_load_ps(v + j), k.lam), _mm256_mul_ps(_mm256_loadu_ps(xt + j), k.c)),
-              k.b);
-          __m256 m = _mm256_cmp_ps(h, k.vth, _CMP_GE_OQ);
-          _mm256_storeu_ps(st + j, _mm256_and_ps(m, k.one));
-          __m256 vn = p.hard ? _mm256_blendv_ps(h, k.vr, m) : _mm256_sub_ps(h, _mm256_and_ps(m, k.vth));
-          _mm256_store_ps(v + j, vn);
-          if (mt) _mm256_storeu_ps(mt + j, vn);
-          if (saved) {
-            __m256 w = _mm256_cmp_ps(abs_ps(_mm256_sub_ps(h, k.vth)), k.half, _CMP_LT_OQ);
-            win |= (uint32_t)_mm256_movemask_ps(w) << (8 * h2);
-          }
-          if (saved || flat) fired |= (uint32_t)_mm256_movemask_ps(m) << (8 * h2);
-        }
-        if (win_row) store_bits16(win_row, a0 + i, win);
-        if (spk_row) store_bits16(spk_row, a0 + i, fired);
-        if (flat_row) store_bits16(flat_row, a0 + i, fired);
-      }
-      if (vec < len) fwd_lanes<float>(p, xt, st, mt, v, vec, len, win_row, spk_row, a0, flat_row);
+    for (int64_t t0 = 0; t0 < steps; t0 += kChunkSteps) {
+      FwdRow rows[kChunkSteps];
+      const int64_t n = std::min(kChunkSteps, steps - t0);
+      for (int64_t s = 0; s < n; ++s) rows[s] = fwd_row(p, x, spk, membrane, saved, flat, t0 + s, steps, N, a0);
+      with_steps<kChunkSteps>(n, [&](auto S) { fwd_chunk_avx2<S()>(p, k, rows, v, a0, len); });
     }
     std::memcpy(v_last + a0, v, len * sizeof(float));
   }
@@ -622,8 +655,8 @@ SNN_AVX2 void bwd_recompute_regs_avx2(const LifParams& p, const float* x, const 
 // ---------------------------------------------------------------- AVX-512 (float32)
 // 16 neurons per vector, with the comparisons landing in mask registers that are stored
 // as the saved bits directly (no movemask / bit shuffles): about half the instructions of
-// the AVX2 loop, which is not bandwidth-bound at T = 4. Unlike the AVX2 walks (one step
-// per visit of a block), these walk a block a chunk of steps at a time (kChunkSteps).
+// the AVX2 loop, which is not bandwidth-bound at T = 4. All of them walk a block a chunk
+// of steps at a time (kChunkSteps); of the AVX2 kernels only the forward does.
 struct Vec512 {
   __m512 lam, c, b, vth, vr, half, one, inv_a;
 };
@@ -643,20 +676,6 @@ SNN_AVX512 static inline Vec512 make_consts512(const LifParams& p) {
 // forward 1.35-1.66x, forward+backward 1.18-1.24x.
 constexpr int64_t kRegisterSteps = 5;
 
-// Neurons per block of the chunked AVX-512 forward and bits backward (32 KiB of membrane
-// or carried gradient).
-constexpr int64_t kChunkBlock = 8192;
-// Timesteps per pass over a block: the membrane (forward) or the carried gradient
-// (backward) stays in a register through a chunk of kChunkSteps steps and goes to the
-// block's buffer once per chunk. A store per vector and step to that buffer (a walk of one
-// step per pass) takes store-queue entries ahead of the output's store misses and so cuts
-// the misses in flight: on an AMD EPYC (Zen 4), a stand-alone forward over 16 x 1M
-// neurons, two threads, took 1.3-1.45x a copy's time with one step per pass at any block
-// size from 2048 to 65536 neurons, 1.0-1.05x with four steps per pass (two: 1.3x, eight:
-// 1.25x); without the buffer store the one-step walk ran as a copy. Four steps stream
-// 8 rows at once, few enough for the hardware prefetcher (software prefetching of the
-// next run, which the one-step walks need on Intel, slowed these walks here).
-constexpr int64_t kChunkSteps = 4;
 
 // One chunk of S steps (rows[0..S)) of the forward over a block's len neurons, from and
 // back to the membrane buffer v.
@@ -702,7 +721,7 @@ SNN_AVX512 void fwd_avx512(const LifParams& p, const float* x, const float* v0, 
     for (int64_t t0 = 0; t0 < steps; t0 += kChunkSteps) {
       FwdRow rows[kChunkSteps];
       const int64_t n = std::min(kChunkSteps, steps - t0);
-      for (int64_t s = 0; s < n; ++s) rows[s] = fwd_row(p, x, spk, membrane, saved, flat, t0 + s, steps, N, a0, n1);
+      for (int64_t s = 0; s < n; ++s) rows[s] = fwd_row(p, x, spk, membrane, saved, flat, t0 + s, steps, N, a0);
       with_steps<kChunkSteps>(n, [&](auto S) { fwd_chunk_avx512<S()>(p, k, rows, v, a0, len); });
     }
     std::memcpy(v_last + a0, v, len * sizeof(float));
