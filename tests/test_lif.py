@@ -68,10 +68,10 @@ def test_grid_against_reference(cpu_isa, steps, surrogate, detach_reset, v_reset
 @pytest.mark.parametrize("surrogate,detach_reset,v_reset", [("rect", True, 0.0), ("rect", True, None),
                                                              ("sigmoid", False, 0.0)])
 def test_block_boundaries(cpu_isa, steps, surrogate, detach_reset, v_reset):
-    # 18002 neurons a step: full and partial blocks of every kernel (AVX2: 2048 neurons;
-    # AVX-512: 8192 in the forward and bits backward, 512-4096 chosen by T in the
-    # recompute backward; portable: 1024) and a 2-lane tail. T = 6, 33 and 79 end on a
-    # partial chunk of steps (2, 1 and 3 of 4).
+    # 18002 neurons a step: full and partial blocks of every kernel (8192 neurons in the
+    # chunked forwards and the AVX-512 bits backward, 512-4096 chosen by T in the AVX-512
+    # recompute backward, 2048 in the AVX2 backwards, 1024 in the portable code) and a
+    # 2-lane tail. T = 6, 33 and 79 end on a partial chunk of steps (2, 1 and 3 of 4).
     compare(torch.randn(steps, 2, 9001) * 0.8, torch.randn(2, 9001) * 0.3, decay=0.25, v_threshold=0.5,
             surrogate=surrogate, detach_reset=detach_reset, v_reset=v_reset)
 
