@@ -79,11 +79,13 @@ def measure(shape_id, residual=True, rounds=15):
     for name, fn in impls.items():
         steps[("fwd", name)] = forward(fn, z, r)
         steps[("fwd+bwd", name)] = fwd_bwd(fn, z, r, [bn.weight, bn.bias], grad)
-    times = _util.interleave(steps, rounds=rounds)
-    copy_bw = _util.copy_bandwidth(z.numel() * 4)
     # bytes the fused op must move (4 B each): forward reads z twice (+ the residual) and
     # writes y; backward reads grad_y and z twice and writes grad_z
     moved = {"fwd": (3 + residual) * 4 * z.numel(), "fwd+bwd": (3 + residual + 5) * 4 * z.numel()}
+    # against a copy of as many bytes as the forward+backward, in the same rounds
+    steps["copy moved"], copied = _util.copy_moving(moved["fwd+bwd"])
+    times = _util.interleave(steps, rounds=rounds)
+    copy_bw = _util.copy_bandwidth(z.numel() * 4)
     row = {"shape": shape_id, "residual": residual, "elements": z.numel(), "copy_GBps": copy_bw / 1e9}
     for mode in ("fwd", "fwd+bwd"):
         ours = statistics.median(times[(mode, "fused bn_add")])
@@ -91,6 +93,9 @@ def measure(shape_id, residual=True, rounds=15):
         row[f"{mode}_native_ms"] = 1e3 * statistics.median(times[(mode, "BN + add")])
         row[f"{mode}_speedup"] = _util.median_ratio(times, (mode, "BN + add"), (mode, "fused bn_add"))
         row[f"{mode}_bandwidth_vs_copy"] = moved[mode] / ours / copy_bw
+    fb = times[("fwd+bwd", "fused bn_add")]
+    row["fwd+bwd_bandwidth_vs_copy_moved"] = statistics.median(
+        (moved["fwd+bwd"] / a) / (copied / c) for a, c in zip(fb, times["copy moved"]))
     return row
 
 
@@ -166,7 +171,8 @@ def main(argv=None):
         cols = [("shape", "shape", "{}"), ("residual", "+add", "{}"),
                 ("fwd_ms", "fwd ms", "{:.2f}"), ("fwd_native_ms", "native", "{:.2f}"), ("fwd_speedup", "x", "{:.2f}"),
                 ("fwd+bwd_ms", "f+b ms", "{:.2f}"), ("fwd+bwd_native_ms", "native", "{:.2f}"),
-                ("fwd+bwd_speedup", "x", "{:.2f}"), ("fwd+bwd_bandwidth_vs_copy", "BW/copy", "{:.0%}")]
+                ("fwd+bwd_speedup", "x", "{:.2f}"), ("fwd+bwd_bandwidth_vs_copy", "BW/copy z", "{:.0%}"),
+                ("fwd+bwd_bandwidth_vs_copy_moved", "BW/copy moved", "{:.0%}")]
         _util.print_table(rows, cols, title=f"{threads} thread(s): median of interleaved per-round ratios "
                                             "(x > 1: the fused op is faster)")
         runs.append({"machine": info, "load": os.getloadavg()[0], "rows": rows})

@@ -204,25 +204,18 @@ def measure(shape_id, cfg_name, rounds=15, with_compile=True, settle=SETTLE):
     per_neuron = 16 + (2 * bits / 8 if bits < 32 else 4) + 4 / shape[0]
     moved = per_neuron * x.numel()
     # The machine's copy bandwidth, timed in the same rounds (a per-round ratio, as a copy
-    # timed before or after drifts with the machine's load), two ways. A copy of x works
-    # on 2 x 16.8 MB, which a last-level cache of 32 MB (AMD EPYC here) largely keeps
-    # between calls: copies of 4-8 MB ran at 116-162 GB/s, 16 MB at 50, 32-128 MB at
-    # 30-34. The op's four 16.8 MB tensors stream from memory. The second copy moves as
-    # many bytes as the op (read + write) over a working set at least as large as the op's,
-    # so both are timed against memory. Its tensors are made once: above glibc's 32 MB mmap
-    # threshold torch.empty_like maps fresh pages on every call, and the copy would time
-    # page faults (6-7 GB/s).
+    # timed before or after drifts with the machine's load), two ways: a copy of x
+    # (2 x 16.8 MB, which a 32 MB last-level cache largely keeps between calls, while the
+    # op's four 16.8 MB tensors stream from memory), and a copy moving as many bytes as
+    # the op (_util.copy_moving).
     xd = x.detach()
     steps["copy"] = lambda: torch.empty_like(xd).copy_(xd)
-    src = torch.randn(int(moved) // 8)
-    dst = torch.empty_like(src)
-    steps["copy moved"] = lambda: dst.copy_(src)
+    steps["copy moved"], copied_moved = _util.copy_moving(moved)
     times = _util.interleave(steps, rounds=rounds, settle=settle)
     ours = statistics.median(times["snnops"])
     copied = 8 * x.numel()
     copy_bw = copied / statistics.median(times["copy"])
     bw_ratio = statistics.median((moved / a) / (copied / c) for a, c in zip(times["snnops"], times["copy"]))
-    copied_moved = 8 * src.numel()
     bw_ratio_moved = statistics.median((moved / a) / (copied_moved / c)
                                        for a, c in zip(times["snnops"], times["copy moved"]))
     row = {
