@@ -676,14 +676,14 @@ SNN_AVX512 static inline Vec512 make_consts512(const LifParams& p) {
 // forward 1.35-1.66x, forward+backward 1.18-1.24x.
 constexpr int64_t kRegisterSteps = 5;
 
-// One chunk of S steps (rows[0..S)) of the forward over a block's len neurons, from and
-// back to the membrane buffer v.
+// One chunk of S steps (rows[0..S), built at neuron a0) of the forward over len neurons:
+// the membranes from vin (zero when null) through the chunk to vout, which may be vin.
 template <int S>
-SNN_AVX512 static inline void fwd_chunk_avx512(const LifParams& p, const Vec512 k, const FwdRow* rows, float* v,
-                                               int64_t a0, int64_t len) {
+SNN_AVX512 static inline void fwd_chunk_avx512(const LifParams& p, const Vec512 k, const FwdRow* rows,
+                                               const float* vin, float* vout, int64_t a0, int64_t len) {
   const int64_t vec = len / 16 * 16;
   for (int64_t i = 0; i < vec; i += 16) {
-    __m512 vv = _mm512_load_ps(v + i);
+    __m512 vv = vin ? _mm512_loadu_ps(vin + i) : _mm512_setzero_ps();
     for (int s = 0; s < S; ++s) {
       const FwdRow& r = rows[s];
       const __m512 h =
@@ -699,13 +699,15 @@ SNN_AVX512 static inline void fwd_chunk_avx512(const LifParams& p, const Vec512 
       }
       if (r.flat) store_bits16(r.flat, a0 + i, (uint32_t)m);
     }
-    _mm512_store_ps(v + i, vv);
+    _mm512_storeu_ps(vout + i, vv);
   }
-  if (vec < len)
+  if (vec < len) {
+    for (int64_t j = vec; j < len; ++j) vout[j] = vin ? vin[j] : 0.0f;
     for (int s = 0; s < S; ++s) {
       const FwdRow& r = rows[s];
-      fwd_lanes<float>(p, r.x, r.spk, r.mem, v, vec, len, r.win, r.fired, a0, r.flat);
+      fwd_lanes<float>(p, r.x, r.spk, r.mem, vout, vec, len, r.win, r.fired, a0, r.flat);
     }
+  }
 }
 
 SNN_AVX512 void fwd_avx512(const LifParams& p, const float* x, const float* v0, float* spk, float* v_last,
@@ -721,39 +723,20 @@ SNN_AVX512 void fwd_avx512(const LifParams& p, const float* x, const float* v0, 
       FwdRow rows[kChunkSteps];
       const int64_t n = std::min(kChunkSteps, steps - t0);
       for (int64_t s = 0; s < n; ++s) rows[s] = fwd_row(p, x, spk, membrane, saved, flat, t0 + s, steps, N, a0);
-      with_steps<kChunkSteps>(n, [&](auto S) { fwd_chunk_avx512<S()>(p, k, rows, v, a0, len); });
+      with_steps<kChunkSteps>(n, [&](auto S) { fwd_chunk_avx512<S()>(p, k, rows, v, v, a0, len); });
     }
     std::memcpy(v_last + a0, v, len * sizeof(float));
   }
 }
 
-// The forward for T <= kRegisterSteps, the membrane in a register.
+// The forward for T <= kRegisterSteps: one chunk of all S steps over the thread's range,
+// the membrane in a register from v0 to v_last.
 template <int S>
 SNN_AVX512 void fwd_regs_avx512(const LifParams& p, const float* x, const float* v0, float* spk, float* v_last,
                                 float* membrane, uint8_t* saved, uint8_t* flat, int64_t N, int64_t n0, int64_t n1) {
-  const Vec512 k = make_consts512(p);
-  const int64_t words = ceil_div(N, 32);
-  int64_t i = n0;
-  for (; i + 16 <= n1; i += 16) {
-    __m512 v = v0 ? _mm512_loadu_ps(v0 + i) : _mm512_setzero_ps();
-    for (int t = 0; t < S; ++t) {
-      const int64_t off = t * N + i;
-      const __m512 h = _mm512_add_ps(
-          _mm512_add_ps(_mm512_mul_ps(v, k.lam), _mm512_mul_ps(_mm512_loadu_ps(x + off), k.c)), k.b);
-      const __mmask16 m = _mm512_cmp_ps_mask(h, k.vth, _CMP_GE_OQ);
-      _mm512_storeu_ps(spk + off, _mm512_maskz_mov_ps(m, k.one));
-      v = p.hard ? _mm512_mask_mov_ps(h, m, k.vr) : _mm512_mask_sub_ps(h, m, h, k.vth);
-      if (membrane) _mm512_storeu_ps(membrane + off, v);
-      if (saved) {
-        const __mmask16 w = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(h, k.vth)), k.half, _CMP_LT_OQ);
-        store_bits16(plane_row(saved, 0, t, S, words), i, (uint32_t)w);
-        if (p.hard) store_bits16(plane_row(saved, 1, t, S, words), i, (uint32_t)m);
-      }
-      if (flat) store_bits16(plane_row(flat, 0, t, S, words), i, (uint32_t)m);
-    }
-    _mm512_storeu_ps(v_last + i, v);
-  }
-  if (i < n1) fwd_generic<float>(p, x, v0, spk, v_last, membrane, saved, flat, S, N, i, n1);
+  FwdRow rows[S];
+  for (int t = 0; t < S; ++t) rows[t] = fwd_row(p, x, spk, membrane, saved, flat, t, S, N, n0);
+  fwd_chunk_avx512<S>(p, make_consts512(p), rows, v0 ? v0 + n0 : nullptr, v_last + n0, n0, n1 - n0);
 }
 
 // One chunk of S steps of the bits backward, time running down from rows[0]; the carried
@@ -873,6 +856,19 @@ SNN_AVX512 static inline __m512 dv_dh512(bool hard, bool detach, const Vec512 q,
 }
 SNN_INTRINSICS_UNINIT_END
 
+// h of 16 neurons from their membrane v and their input at xt, in the reference's
+// rounding order (Plain: see ckpt_chunk512), and the membrane after the reset.
+template <bool Plain>
+SNN_AVX512 static inline __m512 h_of512(const Vec512 q, __m512 v, const float* xt) {
+  const __m512 xv = _mm512_loadu_ps(xt);
+  return Plain ? _mm512_add_ps(_mm512_mul_ps(v, q.lam), xv)
+               : _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(v, q.lam), _mm512_mul_ps(xv, q.c)), q.b);
+}
+SNN_AVX512 static inline __m512 after_reset512(bool hard, const Vec512 q, __m512 h) {
+  const __mmask16 m = _mm512_cmp_ps_mask(h, q.vth, _CMP_GE_OQ);
+  return hard ? _mm512_mask_mov_ps(h, m, q.vr) : _mm512_mask_sub_ps(h, m, h, q.vth);
+}
+
 // The recompute backward for T <= kRegisterSteps: each vector of 16 neurons keeps its
 // whole h history in registers, rebuilt from x and run backwards in one visit; no history
 // buffer, and the 3T rows it streams are few enough for the hardware prefetcher. Against
@@ -890,10 +886,8 @@ SNN_AVX512 void bwd_recompute_regs_avx512(const LifParams& p, const float* x, co
     __m512 v = v0 ? _mm512_loadu_ps(v0 + i) : _mm512_setzero_ps();
     __m512 h[S];
     for (int t = 0; t < S; ++t) {
-      h[t] = _mm512_add_ps(
-          _mm512_add_ps(_mm512_mul_ps(v, q.lam), _mm512_mul_ps(_mm512_loadu_ps(x + t * N + i), q.c)), q.b);
-      const __mmask16 m = _mm512_cmp_ps_mask(h[t], q.vth, _CMP_GE_OQ);
-      v = hard ? _mm512_mask_mov_ps(h[t], m, q.vr) : _mm512_mask_sub_ps(h[t], m, h[t], q.vth);
+      h[t] = h_of512<false>(q, v, x + t * N + i);
+      v = after_reset512(hard, q, h[t]);
     }
     __m512 g = _mm512_setzero_ps();
     for (int t = S - 1; t >= 0; --t) {
@@ -924,13 +918,7 @@ SNN_AVX512 static inline void ckpt_chunk512(const Vec512 q, const float* x, floa
   float* c1 = ckpt + (t0 / kChunkSteps + 1) * blk;
   for (int64_t i = 0; i < vec; i += 16) {
     __m512 v = _mm512_load_ps(c0 + i);
-    for (int s = 0; s < S; ++s) {
-      const __m512 xv = _mm512_loadu_ps(x + (t0 + s) * N + a0 + i);
-      const __m512 h = Plain ? _mm512_add_ps(_mm512_mul_ps(v, q.lam), xv)
-                             : _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(v, q.lam), _mm512_mul_ps(xv, q.c)), q.b);
-      const __mmask16 m = _mm512_cmp_ps_mask(h, q.vth, _CMP_GE_OQ);
-      v = Hard ? _mm512_mask_mov_ps(h, m, q.vr) : _mm512_mask_sub_ps(h, m, h, q.vth);
-    }
+    for (int s = 0; s < S; ++s) v = after_reset512(Hard, q, h_of512<Plain>(q, v, x + (t0 + s) * N + a0 + i));
     _mm512_store_ps(c1 + i, v);
   }
 }
@@ -947,11 +935,8 @@ SNN_AVX512 static inline void ckpt_grad_chunk512(const LifParams& p, const Sg512
     __m512 v = _mm512_load_ps(ckpt + i);
     __m512 h[S];
     for (int s = 0; s < S; ++s) {
-      const __m512 xv = _mm512_loadu_ps(x + (t0 + s) * N + a0 + i);
-      h[s] = Plain ? _mm512_add_ps(_mm512_mul_ps(v, q.lam), xv)
-                   : _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(v, q.lam), _mm512_mul_ps(xv, q.c)), q.b);
-      const __mmask16 m = _mm512_cmp_ps_mask(h[s], q.vth, _CMP_GE_OQ);
-      v = hard ? _mm512_mask_mov_ps(h[s], m, q.vr) : _mm512_mask_sub_ps(h[s], m, h[s], q.vth);
+      h[s] = h_of512<Plain>(q, v, x + (t0 + s) * N + a0 + i);
+      v = after_reset512(hard, q, h[s]);
     }
     __m512 carried = _mm512_load_ps(g + i);
     for (int s = S - 1; s >= 0; --s) {
