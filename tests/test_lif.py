@@ -76,6 +76,17 @@ def test_block_boundaries(cpu_isa, steps, surrogate, detach_reset, v_reset):
             surrogate=surrogate, detach_reset=detach_reset, v_reset=v_reset)
 
 
+@pytest.mark.parametrize("steps", [4, 9])
+@pytest.mark.parametrize("surrogate,detach_reset", [("rect", True), ("atan", False)])
+@pytest.mark.parametrize("neurons", [(64, 8192), (3, 174763)], ids=["streamed", "odd"])
+def test_large_outputs(cpu_isa, steps, surrogate, detach_reset, neurons):
+    # Outputs of 8 MiB and more are written with streaming stores when every row is
+    # 64-byte aligned (524288 neurons a step: T = 4 is exactly 8 MiB); 524289 neurons a
+    # step are as large but unaligned, and take the plain stores.
+    compare(torch.randn(steps, *neurons) * 0.8, torch.randn(*neurons) * 0.3, decay=0.25, v_threshold=0.5,
+            surrogate=surrogate, detach_reset=detach_reset, v_reset=0.0)
+
+
 @pytest.mark.parametrize("surrogate", SURROGATES)
 @pytest.mark.parametrize("detach_reset", [True, False])
 def test_float64_gradients_match_reference(cpu_isa, surrogate, detach_reset):
