@@ -7,9 +7,14 @@ LIFNode, snnTorch's Leaky and Norse's LIFBoxCell, interleaved in one run.
 
 Prints, per reference shape and neuron configuration, the median of per-round time
 ratios (reference / snnops: > 1 means snnops is faster), snnops' achieved bandwidth
-against the machine's copy bandwidth measured in the same run, and the bits each
+against the machine's copy bandwidth measured in the same rounds, and the bits each
 implementation keeps for backward per neuron-step (counted from the autograd graph), and
 how many of each reference's forward spikes differ from ours for the same neuron.
+
+Two copies give the bandwidth: BW/copy moved is against a copy of as many bytes as the
+op moves (the same amount of data, its tensors made once as the op's outputs come from
+the block cache), BW/copy x against a copy of x alone, whose two 16.8 MB tensors a 32 MB
+last-level cache largely holds between calls (there it measures the cache: docs/lif.md).
 """
 from __future__ import annotations
 
