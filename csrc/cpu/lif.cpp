@@ -1123,7 +1123,8 @@ void check_input(const at::Tensor& x) {
 // the spike GEMM and TT conv outputs of that size are: the next op does not find them in
 // cache anyway. Against plain stores (lif-T4 shape over the batch, AMD EPYC Zen 4, two
 // threads, interleaved), with a consumer reading the spikes and grad_x right after:
-// 2 MiB 1.13-1.22x the time, 4 MiB 0.94-0.99x, 6 MiB 0.87-0.90x, 8-32 MiB 0.81-0.93x (AVX2 0.77-0.92x).
+// 2 MiB 1.13-1.22x the time, 4 MiB 0.94-0.99x, 6 MiB 0.87-0.90x, 8-32 MiB 0.81-0.93x
+// (AVX2 0.77-0.92x).
 // Rows need 64-byte alignment: N a multiple of 16 and a 64-byte aligned tensor.
 constexpr double kStreamBytes = 8.0 * 1024 * 1024;
 
