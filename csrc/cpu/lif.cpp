@@ -48,7 +48,7 @@ struct LifParams {
   int64_t surrogate;
   double alpha;
   double dspike_k;  // alpha / (2 tanh(alpha / 2))
-  bool stream = false;  // the float outputs are written with streaming stores (see kStreamBytes)
+  bool stream = false;  // the float outputs are written with streaming stores (see streams())
 };
 
 // float32 rounds as the vector kernels do (their fused multiply-adds and exp), so every
@@ -1126,10 +1126,9 @@ void check_input(const at::Tensor& x) {
 // 2 MiB 1.13-1.22x the time, 4 MiB 0.94-0.99x, 6 MiB 0.87-0.90x, 8-32 MiB 0.81-0.93x
 // (AVX2 0.77-0.92x).
 // Rows need 64-byte alignment: N a multiple of 16 and a 64-byte aligned tensor.
-constexpr double kStreamBytes = 8.0 * 1024 * 1024;
 
 bool streams(const at::Tensor& out, int64_t N) {
-  return (double)out.numel() * out.element_size() >= kStreamBytes && N % 16 == 0 &&
+  return (double)out.numel() * out.element_size() >= kStreamOutputBytes && N % 16 == 0 &&
          reinterpret_cast<uintptr_t>(out.data_ptr()) % 64 == 0;
 }
 

@@ -33,6 +33,11 @@
 
 namespace snnops {
 
+// Outputs of this many bytes and more leave the cache before the next op reads them; the
+// kernels write them with streaming stores, which skip reading each line first (each
+// kernel's measurements: docs/lif.md, docs/spike_gemm.md, docs/tt_conv.md).
+constexpr double kStreamOutputBytes = 8.0 * 1024 * 1024;
+
 // True when the AVX2+FMA kernels may run. SNNOPS_CPU_ISA=generic forces the
 // portable kernels (the tests run both paths against the reference).
 bool use_avx2();

@@ -687,7 +687,7 @@ SNN_AVX2_BITS int64_t task_avx2(const BitGemm<float>& g, int64_t r0, int64_t r1,
   // Outputs of more than a few MiB leave the cache anyway: streaming stores skip the
   // read-for-ownership of each line (gemm-conv1x1 at density 0: 1.2 ms against 1.9 ms).
   // (8 MiB included: gemm-tt-in's output; 5% faster from packed spikes with streaming.)
-  const bool stream_out = (double)g.R * (double)g.N * 4.0 >= 8.0 * 1024 * 1024;
+  const bool stream_out = (double)g.R * (double)g.N * 4.0 >= kStreamOutputBytes;
   alignas(32) float init[NC];
   for (int64_t j = 0; j < NC; ++j) init[j] = (g.bias && j < nn) ? g.bias[n0 + j] : 0.0f;
   float* tile;

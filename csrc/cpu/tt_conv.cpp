@@ -960,7 +960,7 @@ void block_forward(const Problem& pb, const Packed<T>& P, const View4<const T>& 
   // Outputs of several MiB leave the cache anyway: the merged half steps write theirs
   // with streaming stores, skipping the read of each line before it is written (as
   // the spike GEMM does from 8 MiB).
-  const bool stream = !pb.pool && (double)pb.N * pb.H * pb.W * pb.cout * sizeof(T) >= 8.0 * 1024 * 1024;
+  const bool stream = !pb.pool && (double)pb.N * pb.H * pb.W * pb.cout * sizeof(T) >= kStreamOutputBytes;
   at::parallel_for(0, pb.units(), 1, [&](int64_t u0, int64_t u1) {
     FwdScratch<T> s;
     std::vector<T*> rows, yrow;
